@@ -1,0 +1,35 @@
+# broker: PGXS build.  `make && make install`, then see README.md.
+EXTENSION   = broker
+EXTVERSION  = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
+MODULE_big  = broker
+OBJS        = src/broker.o src/shmem.o src/catalog.o src/queue.o \
+              src/enqueue.o src/dequeue.o src/ack.o src/metrics.o
+DATA        = $(wildcard sql/$(EXTENSION)--*.sql)
+PG_CFLAGS   = -Wall -Wextra
+# The server headers are system headers to us: -Wextra stays about our code.
+PG_CPPFLAGS = -I$(srcdir)/src -isystem $(shell $(PG_CONFIG) --includedir-server)
+
+# pg_regress: one file per feature, on a private instance with broker preloaded.
+REGRESS      = $(patsubst sql/%.sql,%,$(sort $(filter-out sql/$(EXTENSION)--%,$(wildcard sql/*.sql))))
+REGRESS_OPTS = --temp-config=$(srcdir)/test/broker.conf --temp-instance=$(CURDIR)/tmp_check_regress
+ISOLATION      = $(patsubst test/specs/%.spec,%,$(sort $(wildcard test/specs/*.spec)))
+ISOLATION_OPTS = --inputdir=test --temp-config=$(srcdir)/test/broker.conf --temp-instance=$(CURDIR)/tmp_check_iso
+TAP_TESTS    = 1
+PROVE_TESTS  = $(sort $(wildcard test/t/*.pl))
+
+EXTRA_CLEAN = tmp_check_regress tmp_check_iso results output_iso regression.* \
+              test/tools/broker_sim
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# PGXS's installcheck runs pg_regress and the isolation tests against the
+# temp instances above; prove_installcheck runs the TAP tests.
+.PHONY: check-version sim
+check-version:
+	@test "$$(sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' META.json | head -1)" = "$(EXTVERSION)" \
+	  || { echo "META.json version differs from broker.control ($(EXTVERSION))"; exit 1; }
+
+sim:
+	$(MAKE) -C test/tools

@@ -1,0 +1,175 @@
+/* broker--0.1.0.sql: types, tables, views and function declarations only.
+ * Every code path that runs per message is in C (src/). */
+
+\echo Use "CREATE EXTENSION broker" to load this file. \quit
+
+-- Queue definitions.  queue_id values come from a sequence and are never
+-- reused, so shared-memory state keyed by (database, queue_id) can never be
+-- confused with a dropped queue of the same name.
+CREATE TABLE broker.queue_defs (
+    queue_id          integer PRIMARY KEY,
+    name              text NOT NULL UNIQUE
+                      CHECK (name OPERATOR(pg_catalog.~) '^[a-z_][a-z0-9_]{0,47}$'),
+    kind              "char" NOT NULL DEFAULT 'q',      -- 'q' queue; room for 't' topic
+    lease             interval NOT NULL CHECK (lease OPERATOR(pg_catalog.>) '0'::interval),
+    max_message_size  integer NOT NULL
+                      CHECK (max_message_size BETWEEN 1 AND 1048576),
+    default_ttl       interval CHECK (default_ttl OPERATOR(pg_catalog.>) '0'::interval),
+    max_deliveries    integer CHECK (max_deliveries OPERATOR(pg_catalog.>=) 1),
+    dead_letter_id    integer REFERENCES broker.queue_defs (queue_id),
+    created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CHECK (dead_letter_id OPERATOR(pg_catalog.<>) queue_id)
+);
+
+CREATE SEQUENCE broker.queue_id_seq AS integer;
+
+-- Message ids for every queue of this database: unique, and increasing in
+-- the order a session enqueues.  Sequences are non-transactional and WAL
+-- logged, so an id is never handed out twice, even across a crash.
+CREATE SEQUENCE broker.message_id_seq AS bigint;
+
+-- The messages of every queue.  The only index is the primary key
+-- (queue_id, id): taking, extending or releasing a lease updates only vt,
+-- delivery_count and receipt, none of them indexed, so every lease is a
+-- HOT update when the page has room (hence the fillfactor).  See
+-- docs/design.md, "Data layout".
+CREATE TABLE broker.messages (
+    queue_id        integer     NOT NULL,
+    id              bigint      NOT NULL,
+    vt              timestamptz NOT NULL,    -- not deliverable before vt
+    enqueued_at     timestamptz NOT NULL,
+    expires_at      timestamptz,             -- NULL: never expires
+    delivery_count  integer     NOT NULL DEFAULT 0,
+    receipt         bigint,                  -- NULL until delivered, or after release
+    payload         jsonb       NOT NULL,
+    headers         jsonb,
+    PRIMARY KEY (queue_id, id)
+) WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.01,
+        autovacuum_vacuum_insert_scale_factor = 0.01);
+
+CREATE TYPE broker.message AS (
+    id              bigint,
+    payload         jsonb,
+    headers         jsonb,
+    enqueued_at     timestamptz,
+    delivery_count  integer,
+    lease_until     timestamptz,
+    expires_at      timestamptz,
+    receipt         bigint
+);
+
+CREATE VIEW broker.queues AS
+    SELECT q.name           AS queue,
+           q.lease,
+           q.max_message_size,
+           q.default_ttl,
+           q.max_deliveries,
+           d.name           AS dead_letter_queue,
+           q.created_at
+      FROM broker.queue_defs q
+      LEFT JOIN broker.queue_defs d
+        ON d.queue_id OPERATOR(pg_catalog.=) q.dead_letter_id
+     WHERE q.kind OPERATOR(pg_catalog.=) 'q';
+
+-- Only the broker's functions touch the tables; they run as the extension
+-- owner (SECURITY DEFINER) and every statement they run is fully schema
+-- qualified, operators included, so search_path cannot redirect them.
+REVOKE ALL ON broker.queue_defs, broker.messages FROM PUBLIC;
+REVOKE ALL ON SEQUENCE broker.queue_id_seq, broker.message_id_seq FROM PUBLIC;
+GRANT SELECT ON broker.queues TO PUBLIC;
+
+-- Queues -------------------------------------------------------------------
+
+CREATE FUNCTION broker.create_queue(
+    queue text,
+    lease interval DEFAULT '30 seconds',
+    max_message_size integer DEFAULT 4096,
+    default_ttl interval DEFAULT NULL,
+    max_deliveries integer DEFAULT NULL,
+    dead_letter_queue text DEFAULT NULL,
+    if_not_exists boolean DEFAULT false)
+RETURNS void
+AS 'MODULE_PATHNAME', 'broker_create_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
+
+CREATE FUNCTION broker.drop_queue(queue text, if_exists boolean DEFAULT false)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'broker_drop_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
+
+CREATE FUNCTION broker.purge_queue(queue text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'broker_purge_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
+
+-- Producing ----------------------------------------------------------------
+
+CREATE FUNCTION broker.enqueue(
+    queue text,
+    payload jsonb,
+    delay interval DEFAULT '0',
+    ttl interval DEFAULT NULL,
+    headers jsonb DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'broker_enqueue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
+
+CREATE FUNCTION broker.enqueue_batch(
+    queue text,
+    payloads jsonb[],
+    delay interval DEFAULT '0',
+    ttl interval DEFAULT NULL,
+    headers jsonb DEFAULT NULL)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'broker_enqueue_batch'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 100;
+
+-- Consuming ----------------------------------------------------------------
+
+CREATE FUNCTION broker.dequeue(
+    queue text,
+    max_messages integer DEFAULT 1,
+    lease interval DEFAULT NULL,
+    wait interval DEFAULT '0')
+RETURNS SETOF broker.message
+AS 'MODULE_PATHNAME', 'broker_dequeue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 1;
+
+CREATE FUNCTION broker.delete(queue text, id bigint, receipt bigint DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'broker_delete'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
+
+CREATE FUNCTION broker.delete(queue text, ids bigint[])
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'broker_delete_many'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 10;
+
+CREATE FUNCTION broker.release(queue text, id bigint, receipt bigint,
+                               delay interval DEFAULT '0')
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'broker_release'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
+
+CREATE FUNCTION broker.extend_lease(queue text, id bigint, receipt bigint,
+                                    lease interval)
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'broker_extend_lease'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
+
+-- Observing ----------------------------------------------------------------
+
+CREATE FUNCTION broker.metrics(queue text DEFAULT NULL)
+RETURNS TABLE(queue text, ready bigint, leased bigint, delayed bigint,
+              total bigint, oldest_ready_age interval, enqueued_total bigint,
+              deleted_total bigint, expired_total bigint,
+              dead_lettered_total bigint)
+AS 'MODULE_PATHNAME', 'broker_metrics'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
+
+-- Administration is not for everyone: the owner grants it.
+REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval,
+                                               integer, text, boolean),
+                           broker.drop_queue(text, boolean),
+                           broker.purge_queue(text)
+    FROM PUBLIC;

@@ -1,0 +1,182 @@
+/*-------------------------------------------------------------------------
+ *
+ * ack.c
+ *	  broker.delete (one, with an optional receipt; or many), broker.release
+ *	  and broker.extend_lease.
+ *
+ * Each is one statement on the primary key.  A receipt is the value
+ * dequeue wrote when it leased the message; if the message was delivered
+ * again since, or released, the receipt no longer matches and the call
+ * changes nothing.  A row locked by a consumer's open dequeue makes these
+ * wait for that transaction (never the other way round: dequeue skips
+ * locked rows), then re-check the receipt against the committed row.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+
+#include "broker.h"
+
+PG_FUNCTION_INFO_V1(broker_delete);
+PG_FUNCTION_INFO_V1(broker_delete_many);
+PG_FUNCTION_INFO_V1(broker_release);
+PG_FUNCTION_INFO_V1(broker_extend_lease);
+
+/* Look the queue up (no lock: these touch only existing rows). */
+static void
+ack_queue(FunctionCallInfo fcinfo, BrokerQueue *q)
+{
+	text	   *name = BrokerQueueArg(fcinfo, 0);
+
+	BrokerRequireArg(fcinfo, 1, PG_NARGS() == 2 ? "ids" : "id");
+	BrokerSPIConnect();
+	BrokerLookupQueue(name, false, q);
+}
+
+/* broker.delete(queue, id, receipt): true if it deleted the message. */
+Datum
+broker_delete(PG_FUNCTION_ARGS)
+{
+	BrokerQueue q;
+	Datum		values[3];
+	int			rc;
+	bool		deleted;
+
+	ack_queue(fcinfo, &q);
+	values[0] = Int32GetDatum(q.queue_id);
+	values[1] = PG_GETARG_DATUM(1);
+	if (PG_ARGISNULL(2))
+		rc = SPI_execute_plan(BrokerPlan(PLAN_DELETE), values, NULL, false, 0);
+	else
+	{
+		values[2] = PG_GETARG_DATUM(2);
+		rc = SPI_execute_plan(BrokerPlan(PLAN_DELETE_RECEIPT), values, NULL,
+							  false, 0);
+	}
+	if (rc != SPI_OK_DELETE)
+		elog(ERROR, "broker: delete failed: %s", SPI_result_code_string(rc));
+	deleted = SPI_processed > 0;
+	if (deleted)
+	{
+		BrokerNoteDeleted();
+		BrokerCount(q.queue_id, BROKER_COUNT_DELETED, 1);
+	}
+	BrokerSPIFinish();
+	PG_RETURN_BOOL(deleted);
+}
+
+/* broker.delete(queue, ids[]): deletes those that exist, returns them. */
+Datum
+broker_delete_many(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	BrokerQueue q;
+	Datum		values[2];
+	int			rc;
+	uint64		n;
+
+	ack_queue(fcinfo, &q);
+	InitMaterializedSRF(fcinfo, 0);
+	values[0] = Int32GetDatum(q.queue_id);
+	values[1] = PG_GETARG_DATUM(1);
+	rc = SPI_execute_plan(BrokerPlan(PLAN_DELETE_MANY), values, NULL, false, 0);
+	if (rc != SPI_OK_DELETE_RETURNING)
+		elog(ERROR, "broker: delete failed: %s", SPI_result_code_string(rc));
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		id = SPI_getbinval(SPI_tuptable->vals[i],
+									   SPI_tuptable->tupdesc, 1, &isnull);
+
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &id, &isnull);
+	}
+	if (n > 0)
+	{
+		BrokerNoteDeleted();
+		BrokerCount(q.queue_id, BROKER_COUNT_DELETED, (int64) n);
+	}
+	BrokerSPIFinish();
+	return (Datum) 0;
+}
+
+/*
+ * Run PLAN_RELEASE or PLAN_EXTEND: set vt to now + iv for the message if
+ * the receipt matches.  Returns whether a row was updated.
+ */
+static bool
+set_vt(FunctionCallInfo fcinfo, const BrokerQueue *q, BrokerPlanId plan,
+	   const Interval *iv, TimestampTz *vt_out)
+{
+	Datum		values[4];
+	int			rc;
+	TimestampTz now = GetCurrentTimestamp();
+
+	values[0] = Int32GetDatum(q->queue_id);
+	values[1] = PG_GETARG_DATUM(1);
+	values[2] = PG_GETARG_DATUM(2);
+	values[3] = TimestampTzGetDatum(iv ? BrokerTimestampPlus(now, iv) : now);
+	rc = SPI_execute_plan(BrokerPlan(plan), values, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE && rc != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "broker: lease update failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		return false;
+	if (vt_out)
+	{
+		bool		isnull;
+
+		*vt_out = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+													SPI_tuptable->tupdesc,
+													1, &isnull));
+	}
+	return true;
+}
+
+/* broker.release(queue, id, receipt, delay): give a lease back. */
+Datum
+broker_release(PG_FUNCTION_ARGS)
+{
+	BrokerQueue q;
+	Interval   *delay = PG_ARGISNULL(3) ? NULL : PG_GETARG_INTERVAL_P(3);
+	bool		done;
+
+	BrokerRequireArg(fcinfo, 2, "receipt");
+	if (delay != NULL && BrokerIntervalIsNegative(delay))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("delay must not be negative")));
+	ack_queue(fcinfo, &q);
+	done = set_vt(fcinfo, &q, PLAN_RELEASE, delay, NULL);
+	BrokerSPIFinish();
+	PG_RETURN_BOOL(done);
+}
+
+/* broker.extend_lease(queue, id, receipt, lease): the new lease_until. */
+Datum
+broker_extend_lease(PG_FUNCTION_ARGS)
+{
+	BrokerQueue q;
+	Interval   *lease;
+	TimestampTz vt = 0;
+	bool		done;
+
+	BrokerRequireArg(fcinfo, 2, "receipt");
+	BrokerRequireArg(fcinfo, 3, "lease");
+	lease = PG_GETARG_INTERVAL_P(3);
+	if (!BrokerIntervalIsPositive(lease))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("lease must be positive")));
+	ack_queue(fcinfo, &q);
+	done = set_vt(fcinfo, &q, PLAN_EXTEND, lease, &vt);
+	BrokerSPIFinish();
+	if (!done)
+		PG_RETURN_NULL();
+	PG_RETURN_TIMESTAMPTZ(vt);
+}

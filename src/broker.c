@@ -1,0 +1,57 @@
+/*-------------------------------------------------------------------------
+ *
+ * broker.c
+ *	  Module initialisation: GUCs and the shared-memory hooks.
+ *
+ * _PG_init only defines the GUCs and dispatches to each subsystem's init.
+ * Loaded without shared_preload_libraries, the SQL functions that need
+ * shared memory fail with SQLSTATE 55000 (see BrokerRequireSharedMemory).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/guc.h"
+
+#include "broker.h"
+
+PG_MODULE_MAGIC;
+
+int			broker_reaper_interval_ms = 1000;
+int			broker_max_queues = 4096;
+
+void		_PG_init(void);
+
+/* Define the GUCs and, when preloaded, request shared memory. */
+void
+_PG_init(void)
+{
+	DefineCustomIntVariable("broker.reaper_interval",
+							"Time between two passes of the expiry reaper.",
+							"Expired messages are never delivered; the reaper "
+							"removes them from disk within about this interval.",
+							&broker_reaper_interval_ms,
+							1000, 10, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("broker.max_queues",
+							"Maximum number of queues with shared state, in all databases.",
+							"Each queue in use takes one slot of shared memory "
+							"(its low-water mark, counters and long-poll waiters).",
+							&broker_max_queues,
+							4096, 16, 1000000,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("broker");
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	BrokerShmemInit();
+}

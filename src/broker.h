@@ -1,0 +1,155 @@
+/*-------------------------------------------------------------------------
+ *
+ * broker.h
+ *	  Declarations shared by the files of the broker extension.
+ *
+ * The extension is split by concern: broker.c (module init and GUCs),
+ * shmem.c (shared state, in-flight registry, low-water marks, counters,
+ * transaction callbacks), catalog.c (queue metadata cache, validators,
+ * prepared plans), queue.c (create/drop/purge), enqueue.c, dequeue.c,
+ * ack.c (delete/release/extend_lease) and metrics.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BROKER_H
+#define BROKER_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "executor/spi.h"
+#include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/lock.h"
+#include "storage/spin.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#define BROKER_QUEUE_NAME_MAX	48
+#define BROKER_MAX_MESSAGE_SIZE_LIMIT	1048576
+#define BROKER_MAX_BATCH		10000
+
+/* --- GUCs (broker.c) --- */
+extern int	broker_reaper_interval_ms;
+extern int	broker_max_queues;
+
+/* --- queue metadata (catalog.c) --- */
+
+/* A backend-local copy of one row of broker.queue_defs. */
+typedef struct BrokerQueue
+{
+	int32		queue_id;
+	char		name[BROKER_QUEUE_NAME_MAX + 1];
+	Interval	lease;
+	int32		max_message_size;
+	bool		has_default_ttl;
+	Interval	default_ttl;
+	int32		max_deliveries;		/* 0: no limit */
+	int32		dead_letter_id;		/* 0: none */
+} BrokerQueue;
+
+/* Object ids of the extension's relations, resolved once per invalidation. */
+typedef struct BrokerRels
+{
+	Oid			queue_defs;
+	Oid			messages;
+	Oid			message_id_seq;
+	Oid			queue_id_seq;
+} BrokerRels;
+
+/* Every statement the extension runs, each prepared once and kept. */
+typedef enum BrokerPlanId
+{
+	PLAN_QUEUE_BY_NAME,
+	PLAN_QUEUE_BY_ID,
+	PLAN_QUEUE_INSERT,
+	PLAN_QUEUE_DLQ_USERS,
+	PLAN_QUEUE_DELETE,
+	PLAN_MESSAGES_PURGE,
+	PLAN_ENQUEUE,
+	PLAN_ENQUEUE_BATCH,
+	PLAN_DEQUEUE,
+	PLAN_LWM_PROBE,
+	PLAN_DELETE,
+	PLAN_DELETE_RECEIPT,
+	PLAN_DELETE_MANY,
+	PLAN_RELEASE,
+	PLAN_EXTEND,
+	PLAN_METRICS,
+	BROKER_NUM_PLANS
+} BrokerPlanId;
+
+extern const BrokerRels *BrokerGetRels(void);
+extern void BrokerCheckQueueName(text *name);
+extern bool BrokerLookupQueue(text *name, bool missing_ok, BrokerQueue *out);
+extern bool BrokerLookupQueueById(int32 queue_id, BrokerQueue *out);
+extern void BrokerLockQueue(text *name, LOCKMODE mode, BrokerQueue *out);
+extern void BrokerInvalidateQueues(void);
+extern SPIPlanPtr BrokerPlan(BrokerPlanId id);
+extern void BrokerSPIConnect(void);
+extern void BrokerSPIFinish(void);
+
+/* small validators shared by the entry points */
+extern bool BrokerIntervalIsPositive(const Interval *iv);
+extern bool BrokerIntervalIsNegative(const Interval *iv);
+extern TimestampTz BrokerTimestampPlus(TimestampTz ts, const Interval *iv);
+extern void BrokerRequireArg(FunctionCallInfo fcinfo, int argno, const char *argname);
+extern text *BrokerQueueArg(FunctionCallInfo fcinfo, int argno);
+
+/* --- shared memory (shmem.c) --- */
+
+/* Hash key of a queue's shared state: queues live in one database. */
+typedef struct BrokerQueueKey
+{
+	Oid			dbid;
+	int32		queue_id;
+} BrokerQueueKey;
+
+/*
+ * Shared state of one queue, created on first use, removed when the queue
+ * is dropped.  lwm: no live message of the queue has an id below it (see
+ * shmem.c for the protocol that keeps this true).
+ */
+typedef struct BrokerQueueState
+{
+	BrokerQueueKey key;
+	slock_t		mutex;			/* protects refreshing, last_refresh */
+	bool		refreshing;
+	TimestampTz last_refresh;
+	pg_atomic_uint64 lwm;
+	pg_atomic_uint64 enqueued_total;
+	pg_atomic_uint64 deleted_total;
+	pg_atomic_uint64 expired_total;
+	pg_atomic_uint64 dead_lettered_total;
+	ConditionVariable cv;		/* long-poll waiters sleep here */
+} BrokerQueueState;
+
+/* What a transaction did to a queue, made public when it commits. */
+typedef enum BrokerCounter
+{
+	BROKER_COUNT_ENQUEUED,
+	BROKER_COUNT_DELETED,
+	BROKER_COUNT_EXPIRED,
+	BROKER_COUNT_DEAD_LETTERED,
+	BROKER_NUM_COUNTERS
+} BrokerCounter;
+
+extern void BrokerShmemInit(void);
+extern void BrokerRequireSharedMemory(void);
+extern bool BrokerSharedMemoryReady(void);
+extern BrokerQueueState *BrokerQueueStateGet(int32 queue_id, bool create);
+extern int64 BrokerAllocateMessageId(int32 queue_id);
+extern void BrokerCount(int32 queue_id, BrokerCounter counter, int64 n);
+extern void BrokerNoteDeleted(void);
+extern void BrokerMaybeRefreshLwm(int32 queue_id, BrokerQueueState *state);
+extern void BrokerNoteDroppedQueue(int32 queue_id);
+
+/* --- enqueue.c --- */
+extern int64 BrokerEnqueueOne(const BrokerQueue *q, Jsonb *payload,
+							  Jsonb *headers, TimestampTz now,
+							  TimestampTz vt, bool has_expiry,
+							  TimestampTz expires_at);
+extern void BrokerCheckPayloadSize(const BrokerQueue *q, Jsonb *payload,
+								   int element);
+
+#endif							/* BROKER_H */

@@ -1,0 +1,544 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog.c
+ *	  Queue metadata cache with invalidation, queue locks, validators and
+ *	  the prepared statements of the whole extension.
+ *
+ * Queue definitions are read once per backend and kept in a hash table
+ * until a relcache invalidation of broker.queue_defs (sent at commit by
+ * create_queue and drop_queue, or by DROP EXTENSION) flushes it.
+ *
+ * Every statement is fully schema-qualified, operators included, so the
+ * caller's search_path cannot change what runs.  Plans are prepared on
+ * first use with SPI_prepare and kept with SPI_keepplan; the plan cache
+ * re-plans them by itself if the extension is dropped and created again.
+ *
+ * Queue locks: an object lock on (broker.queue_defs, queue_id).  enqueue
+ * and dequeue hold it in AccessShareLock, drop_queue and purge_queue in
+ * AccessExclusiveLock, so a queue cannot vanish under a producer.  Lock
+ * order everywhere: the queue's lock, then its dead-letter queue's lock,
+ * then message rows in id order.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+
+#include "broker.h"
+
+#define OP(x) "OPERATOR(pg_catalog." x ")"
+
+/* Statement texts and parameter types, indexed by BrokerPlanId. */
+typedef struct BrokerPlanDef
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[8];
+} BrokerPlanDef;
+
+static const BrokerPlanDef plan_defs[BROKER_NUM_PLANS] = {
+	[PLAN_QUEUE_BY_NAME] = {
+		"SELECT q.queue_id, q.name, q.lease, q.max_message_size, q.default_ttl,"
+		"       q.max_deliveries, q.dead_letter_id"
+		"  FROM broker.queue_defs q"
+		" WHERE q.name " OP("=") " $1 AND q.kind " OP("=") " 'q'",
+		1, {TEXTOID}
+	},
+	[PLAN_QUEUE_BY_ID] = {
+		"SELECT q.queue_id, q.name, q.lease, q.max_message_size, q.default_ttl,"
+		"       q.max_deliveries, q.dead_letter_id"
+		"  FROM broker.queue_defs q"
+		" WHERE q.queue_id " OP("=") " $1",
+		1, {INT4OID}
+	},
+	[PLAN_QUEUE_INSERT] = {
+		"INSERT INTO broker.queue_defs AS q (queue_id, name, lease,"
+		"       max_message_size, default_ttl, max_deliveries, dead_letter_id)"
+		" VALUES (pg_catalog.nextval('broker.queue_id_seq'::pg_catalog.regclass),"
+		"         $1, $2, $3, $4, $5, $6)"
+		" ON CONFLICT (name) DO NOTHING RETURNING q.queue_id",
+		6, {TEXTOID, INTERVALOID, INT4OID, INTERVALOID, INT4OID, INT4OID}
+	},
+	[PLAN_QUEUE_DLQ_USERS] = {
+		"SELECT pg_catalog.string_agg(q.name, ', ' ORDER BY q.name)"
+		"  FROM broker.queue_defs q"
+		" WHERE q.dead_letter_id " OP("=") " $1",
+		1, {INT4OID}
+	},
+	[PLAN_QUEUE_DELETE] = {
+		"DELETE FROM broker.queue_defs q WHERE q.queue_id " OP("=") " $1",
+		1, {INT4OID}
+	},
+	[PLAN_MESSAGES_PURGE] = {
+		"DELETE FROM broker.messages m WHERE m.queue_id " OP("=") " $1",
+		1, {INT4OID}
+	},
+	[PLAN_ENQUEUE] = {
+		"INSERT INTO broker.messages (queue_id, id, vt, enqueued_at,"
+		"       expires_at, payload, headers)"
+		" VALUES ($1, $2, $3, $4, $5, $6, $7)",
+		7, {INT4OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+		JSONBOID, JSONBOID}
+	},
+	[PLAN_ENQUEUE_BATCH] = {
+		"INSERT INTO broker.messages (queue_id, id, vt, enqueued_at,"
+		"       expires_at, payload, headers)"
+		" SELECT $1, u.i, $3, $4, $5, u.p, $7"
+		"   FROM pg_catalog.unnest($2, $6) AS u(i, p)",
+		7, {INT4OID, INT8ARRAYOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+		TIMESTAMPTZOID, JSONBARRAYOID, JSONBOID}
+	},
+
+	/*
+	 * Take up to $4 messages from the low-water mark $2 on, skipping rows
+	 * other consumers hold; lease the live ones, delete the exhausted ones
+	 * (the caller moves those to the dead-letter queue).
+	 */
+	[PLAN_DEQUEUE] = {
+		"WITH c AS ("
+		"  SELECT m.ctid AS tid, m.delivery_count " OP(">=") " $7 AS dead"
+		"    FROM broker.messages m"
+		"   WHERE m.queue_id " OP("=") " $1 AND m.id " OP(">=") " $2"
+		"     AND m.vt " OP("<=") " $3"
+		"     AND (m.expires_at IS NULL OR m.expires_at " OP(">") " $3)"
+		"   ORDER BY m.id"
+		"   LIMIT $4"
+		"   FOR UPDATE SKIP LOCKED),"
+		" u AS ("
+		"  UPDATE broker.messages m"
+		"     SET vt = $5,"
+		"         delivery_count = m.delivery_count " OP("+") " 1,"
+		"         receipt = $6 " OP("#") " m.id"
+		"    FROM c"
+		"   WHERE m.ctid " OP("=") " c.tid AND NOT c.dead"
+		"  RETURNING m.id, m.payload, m.headers, m.enqueued_at,"
+		"            m.delivery_count, m.vt, m.expires_at, m.receipt),"
+		" d AS ("
+		"  DELETE FROM broker.messages m USING c"
+		"   WHERE m.ctid " OP("=") " c.tid AND c.dead"
+		"  RETURNING m.id, m.payload, m.headers, m.expires_at)"
+		" SELECT false AS dead, u.id, u.payload, u.headers, u.enqueued_at,"
+		"        u.delivery_count, u.vt, u.expires_at, u.receipt FROM u"
+		" UNION ALL"
+		" SELECT true, d.id, d.payload, d.headers, NULL, NULL, NULL,"
+		"        d.expires_at, NULL FROM d"
+		" ORDER BY 2",
+		7, {INT4OID, INT8OID, TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID, INT8OID,
+		INT4OID}
+	},
+	[PLAN_LWM_PROBE] = {
+		"SELECT m.id FROM broker.messages m"
+		" WHERE m.queue_id " OP("=") " $1 AND m.id " OP(">=") " $2"
+		" ORDER BY m.id LIMIT 1",
+		2, {INT4OID, INT8OID}
+	},
+	[PLAN_DELETE] = {
+		"DELETE FROM broker.messages m"
+		" WHERE m.queue_id " OP("=") " $1 AND m.id " OP("=") " $2",
+		2, {INT4OID, INT8OID}
+	},
+	[PLAN_DELETE_RECEIPT] = {
+		"DELETE FROM broker.messages m"
+		" WHERE m.queue_id " OP("=") " $1 AND m.id " OP("=") " $2"
+		"   AND m.receipt " OP("=") " $3",
+		3, {INT4OID, INT8OID, INT8OID}
+	},
+	[PLAN_DELETE_MANY] = {
+		"DELETE FROM broker.messages m"
+		" WHERE m.queue_id " OP("=") " $1 AND m.id " OP("=") " ANY ($2)"
+		" RETURNING m.id",
+		2, {INT4OID, INT8ARRAYOID}
+	},
+	[PLAN_RELEASE] = {
+		"UPDATE broker.messages m SET vt = $4, receipt = NULL"
+		" WHERE m.queue_id " OP("=") " $1 AND m.id " OP("=") " $2"
+		"   AND m.receipt " OP("=") " $3",
+		4, {INT4OID, INT8OID, INT8OID, TIMESTAMPTZOID}
+	},
+	[PLAN_EXTEND] = {
+		"UPDATE broker.messages m SET vt = $4"
+		" WHERE m.queue_id " OP("=") " $1 AND m.id " OP("=") " $2"
+		"   AND m.receipt " OP("=") " $3"
+		" RETURNING m.vt",
+		4, {INT4OID, INT8OID, INT8OID, TIMESTAMPTZOID}
+	},
+	[PLAN_METRICS] = {
+		"SELECT q.queue_id, q.name,"
+		"  pg_catalog.count(m.id) FILTER (WHERE m.vt " OP("<=") " $2"
+		"     AND m.delivery_count " OP("<") " COALESCE(q.max_deliveries, 2147483647)),"
+		"  pg_catalog.count(m.id) FILTER (WHERE m.vt " OP(">") " $2"
+		"     AND m.receipt IS NOT NULL),"
+		"  pg_catalog.count(m.id) FILTER (WHERE m.vt " OP(">") " $2"
+		"     AND m.receipt IS NULL),"
+		"  pg_catalog.count(m.id),"
+		"  $2 " OP("-") " pg_catalog.min(m.enqueued_at) FILTER (WHERE m.vt " OP("<=") " $2"
+		"     AND m.delivery_count " OP("<") " COALESCE(q.max_deliveries, 2147483647))"
+		"  FROM broker.queue_defs q"
+		"  LEFT JOIN broker.messages m"
+		"    ON m.queue_id " OP("=") " q.queue_id"
+		"   AND (m.expires_at IS NULL OR m.expires_at " OP(">") " $2)"
+		" WHERE q.kind " OP("=") " 'q' AND ($1 IS NULL OR q.queue_id " OP("=") " $1)"
+		" GROUP BY q.queue_id, q.name"
+		" ORDER BY q.name",
+		2, {INT4OID, TIMESTAMPTZOID}
+	},
+};
+
+static SPIPlanPtr plans[BROKER_NUM_PLANS];
+
+/* Backend-local caches and their validity. */
+static BrokerRels rels;
+static bool rels_valid = false;
+static HTAB *queue_cache = NULL;
+static uint64 cache_generation = 0;
+static bool callback_registered = false;
+
+typedef struct QueueCacheEntry
+{
+	char		name[BROKER_QUEUE_NAME_MAX + 1];	/* key */
+	BrokerQueue q;
+} QueueCacheEntry;
+
+/* Relcache callback: drop our caches when the extension's tables change. */
+static void
+broker_relcache_callback(Datum arg, Oid relid)
+{
+	(void) arg;
+	if (relid == InvalidOid || !rels_valid ||
+		relid == rels.queue_defs || relid == rels.messages ||
+		relid == rels.message_id_seq || relid == rels.queue_id_seq)
+	{
+		rels_valid = false;
+		cache_generation++;
+		if (queue_cache != NULL)
+		{
+			hash_destroy(queue_cache);
+			queue_cache = NULL;
+		}
+	}
+}
+
+/* Flush the queue cache now (after this backend changed a definition). */
+void
+BrokerInvalidateQueues(void)
+{
+	broker_relcache_callback((Datum) 0, InvalidOid);
+}
+
+/* Resolve one relation of the extension's schema, or fail clearly. */
+static Oid
+broker_relid(Oid nsp, const char *relname)
+{
+	Oid			relid = get_relname_relid(relname, nsp);
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation broker.%s does not exist", relname),
+				 errhint("Run CREATE EXTENSION broker in this database.")));
+	return relid;
+}
+
+/* The object ids of the extension's relations in this database. */
+const BrokerRels *
+BrokerGetRels(void)
+{
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(broker_relcache_callback, (Datum) 0);
+		callback_registered = true;
+	}
+	if (!rels_valid)
+	{
+		Oid			nsp = get_namespace_oid("broker", true);
+
+		if (!OidIsValid(nsp))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("schema broker does not exist"),
+					 errhint("Run CREATE EXTENSION broker in this database.")));
+		rels.queue_defs = broker_relid(nsp, "queue_defs");
+		rels.messages = broker_relid(nsp, "messages");
+		rels.message_id_seq = broker_relid(nsp, "message_id_seq");
+		rels.queue_id_seq = broker_relid(nsp, "queue_id_seq");
+		rels_valid = true;
+	}
+	return &rels;
+}
+
+/* Connect to SPI, failing loudly. */
+void
+BrokerSPIConnect(void)
+{
+	int			rc = SPI_connect();
+
+	if (rc != SPI_OK_CONNECT)
+		elog(ERROR, "broker: SPI_connect failed: %s", SPI_result_code_string(rc));
+}
+
+/* Disconnect from SPI, failing loudly. */
+void
+BrokerSPIFinish(void)
+{
+	int			rc = SPI_finish();
+
+	if (rc != SPI_OK_FINISH)
+		elog(ERROR, "broker: SPI_finish failed: %s", SPI_result_code_string(rc));
+}
+
+/* The kept plan of a statement, prepared on first use. */
+SPIPlanPtr
+BrokerPlan(BrokerPlanId id)
+{
+	if (plans[id] == NULL)
+	{
+		const BrokerPlanDef *def = &plan_defs[id];
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare(def->sql, def->nargs, (Oid *) def->argtypes);
+		if (plan == NULL)
+			elog(ERROR, "broker: SPI_prepare failed for plan %d: %s",
+				 (int) id, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "broker: SPI_keepplan failed for plan %d", (int) id);
+		plans[id] = plan;
+	}
+	return plans[id];
+}
+
+/* Refuse a name that is not 1-48 of [a-z0-9_] not starting with a digit. */
+void
+BrokerCheckQueueName(text *name)
+{
+	const char *s = VARDATA_ANY(name);
+	int			len = VARSIZE_ANY_EXHDR(name);
+	bool		ok = len >= 1 && len <= BROKER_QUEUE_NAME_MAX &&
+		!(s[0] >= '0' && s[0] <= '9');
+
+	for (int i = 0; ok && i < len; i++)
+		ok = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') ||
+			s[i] == '_';
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("invalid queue name \"%s\"", text_to_cstring(name)),
+				 errdetail("A queue name is 1 to %d characters of a-z, 0-9 and _, and does not start with a digit.",
+						   BROKER_QUEUE_NAME_MAX)));
+}
+
+/* The queue-name argument, which may be neither NULL nor malformed. */
+text *
+BrokerQueueArg(FunctionCallInfo fcinfo, int argno)
+{
+	text	   *name;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("queue name must not be null"),
+				 errdetail("A queue name is 1 to %d characters of a-z, 0-9 and _, and does not start with a digit.",
+						   BROKER_QUEUE_NAME_MAX)));
+	name = PG_GETARG_TEXT_PP(argno);
+	BrokerCheckQueueName(name);
+	return name;
+}
+
+/* Fail with 22004 when a required argument is NULL. */
+void
+BrokerRequireArg(FunctionCallInfo fcinfo, int argno, const char *argname)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", argname)));
+}
+
+/* Copy one result row of PLAN_QUEUE_BY_NAME/_BY_ID into a BrokerQueue. */
+static void
+queue_from_tuple(HeapTuple tup, TupleDesc desc, BrokerQueue *q)
+{
+	bool		isnull;
+	Datum		d;
+
+	memset(q, 0, sizeof(*q));
+	q->queue_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+	d = SPI_getbinval(tup, desc, 2, &isnull);
+	text_to_cstring_buffer(DatumGetTextPP(d), q->name, sizeof(q->name));
+	q->lease = *DatumGetIntervalP(SPI_getbinval(tup, desc, 3, &isnull));
+	q->max_message_size = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+	d = SPI_getbinval(tup, desc, 5, &isnull);
+	q->has_default_ttl = !isnull;
+	if (!isnull)
+		q->default_ttl = *DatumGetIntervalP(d);
+	d = SPI_getbinval(tup, desc, 6, &isnull);
+	q->max_deliveries = isnull ? 0 : DatumGetInt32(d);
+	d = SPI_getbinval(tup, desc, 7, &isnull);
+	q->dead_letter_id = isnull ? 0 : DatumGetInt32(d);
+}
+
+/* Raise the standard "queue does not exist" error. */
+static void
+queue_missing(const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("queue \"%s\" does not exist", name),
+			 errhint("Create it with broker.create_queue('%s').", name)));
+}
+
+/*
+ * Look a queue up by name (caller is connected to SPI).  Returns false
+ * when it does not exist and missing_ok, else raises 42704.
+ */
+bool
+BrokerLookupQueue(text *name, bool missing_ok, BrokerQueue *out)
+{
+	char		key[BROKER_QUEUE_NAME_MAX + 1];
+	QueueCacheEntry *entry;
+	bool		found;
+	Datum		values[1];
+	int			rc;
+
+	BrokerCheckQueueName(name);
+	text_to_cstring_buffer(name, key, sizeof(key));
+
+	AcceptInvalidationMessages();
+	(void) BrokerGetRels();
+
+	if (queue_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(key);
+		ctl.entrysize = sizeof(QueueCacheEntry);
+		ctl.hcxt = CacheMemoryContext;
+		queue_cache = hash_create("broker queue cache", 64, &ctl,
+								  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	}
+
+	entry = hash_search(queue_cache, key, HASH_FIND, NULL);
+	if (entry != NULL)
+	{
+		*out = entry->q;
+		return true;
+	}
+
+	values[0] = PointerGetDatum(name);
+	rc = SPI_execute_plan(BrokerPlan(PLAN_QUEUE_BY_NAME), values, NULL, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "broker: queue lookup failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+	{
+		if (missing_ok)
+			return false;
+		queue_missing(key);
+	}
+	queue_from_tuple(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, out);
+
+	/* A relcache flush during the query may have destroyed the table. */
+	if (queue_cache != NULL)
+	{
+		entry = hash_search(queue_cache, key, HASH_ENTER, &found);
+		entry->q = *out;
+	}
+	return true;
+}
+
+/* Look a queue up by id, uncached (dead-letter targets, rare). */
+bool
+BrokerLookupQueueById(int32 queue_id, BrokerQueue *out)
+{
+	Datum		values[1];
+	int			rc;
+
+	values[0] = Int32GetDatum(queue_id);
+	rc = SPI_execute_plan(BrokerPlan(PLAN_QUEUE_BY_ID), values, NULL, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "broker: queue lookup failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		return false;
+	queue_from_tuple(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, out);
+	return true;
+}
+
+/*
+ * Look a queue up and take its lock in the given mode.  If the definition
+ * changed while we waited for the lock (dropped, or dropped and created
+ * again), look again: the caller always gets the queue as it is now.
+ */
+void
+BrokerLockQueue(text *name, LOCKMODE mode, BrokerQueue *out)
+{
+	for (;;)
+	{
+		uint64		gen;
+		BrokerQueue again;
+		int32		locked_id;
+
+		CHECK_FOR_INTERRUPTS();
+		BrokerLookupQueue(name, false, out);
+		gen = cache_generation;
+		locked_id = out->queue_id;
+		LockDatabaseObject(BrokerGetRels()->queue_defs, locked_id, 0, mode);
+		/* LockDatabaseObject has processed invalidations. */
+		if (gen == cache_generation)
+			return;
+		if (BrokerLookupQueue(name, true, &again) &&
+			again.queue_id == locked_id)
+		{
+			*out = again;
+			return;
+		}
+		UnlockDatabaseObject(BrokerGetRels()->queue_defs, locked_id, 0, mode);
+		if (!BrokerLookupQueue(name, true, &again))
+		{
+			char		key[BROKER_QUEUE_NAME_MAX + 1];
+
+			text_to_cstring_buffer(name, key, sizeof(key));
+			queue_missing(key);
+		}
+	}
+}
+
+/* interval > 0, comparing as PostgreSQL does (a month is 30 days). */
+bool
+BrokerIntervalIsPositive(const Interval *iv)
+{
+	Interval	zero = {0, 0, 0};
+
+	return DatumGetBool(DirectFunctionCall2(interval_gt,
+											IntervalPGetDatum((Interval *) iv),
+											IntervalPGetDatum(&zero)));
+}
+
+/* interval < 0. */
+bool
+BrokerIntervalIsNegative(const Interval *iv)
+{
+	Interval	zero = {0, 0, 0};
+
+	return DatumGetBool(DirectFunctionCall2(interval_lt,
+											IntervalPGetDatum((Interval *) iv),
+											IntervalPGetDatum(&zero)));
+}
+
+/* ts + iv, as timestamptz + interval does. */
+TimestampTz
+BrokerTimestampPlus(TimestampTz ts, const Interval *iv)
+{
+	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+												   TimestampTzGetDatum(ts),
+												   IntervalPGetDatum((Interval *) iv)));
+}

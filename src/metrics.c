@@ -1,0 +1,76 @@
+/*-------------------------------------------------------------------------
+ *
+ * metrics.c
+ *	  broker.metrics: depth by state from the table, counters since server
+ *	  start from shared memory.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+
+#include "broker.h"
+
+PG_FUNCTION_INFO_V1(broker_metrics);
+
+/* broker.metrics(queue): one row per queue, or for the one named. */
+Datum
+broker_metrics(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Datum		values[2];
+	char		nulls[2] = {'n', ' '};
+	int			rc;
+	bool		shmem = BrokerSharedMemoryReady();
+
+	InitMaterializedSRF(fcinfo, 0);
+	BrokerSPIConnect();
+
+	if (!PG_ARGISNULL(0))
+	{
+		BrokerQueue q;
+
+		BrokerLookupQueue(BrokerQueueArg(fcinfo, 0), false, &q);
+		values[0] = Int32GetDatum(q.queue_id);
+		nulls[0] = ' ';
+	}
+	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+
+	rc = SPI_execute_plan(BrokerPlan(PLAN_METRICS), values, nulls, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "broker: metrics failed: %s", SPI_result_code_string(rc));
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Datum		out[10];
+		bool		outnull[10];
+		bool		isnull;
+		int32		queue_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		BrokerQueueState *state = NULL;
+
+		for (int c = 0; c < 6; c++)
+			out[c] = SPI_getbinval(tup, desc, c + 2, &outnull[c]);
+
+		if (shmem)
+		{
+			BrokerRequireSharedMemory();
+			state = BrokerQueueStateGet(queue_id, false);
+		}
+		for (int c = 6; c < 10; c++)
+			outnull[c] = !shmem;
+		/* A queue nobody has touched since server start: zeros. */
+		out[6] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->enqueued_total) : 0);
+		out[7] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->deleted_total) : 0);
+		out[8] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->expired_total) : 0);
+		out[9] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->dead_lettered_total) : 0);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnull);
+	}
+
+	BrokerSPIFinish();
+	return (Datum) 0;
+}

@@ -1,0 +1,207 @@
+/*-------------------------------------------------------------------------
+ *
+ * queue.c
+ *	  broker.create_queue, broker.drop_queue, broker.purge_queue.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+
+#include "broker.h"
+
+PG_FUNCTION_INFO_V1(broker_create_queue);
+PG_FUNCTION_INFO_V1(broker_drop_queue);
+PG_FUNCTION_INFO_V1(broker_purge_queue);
+
+/* Validate the settings of create_queue; 22023 names the bad one. */
+static void
+check_queue_settings(Interval *lease, int32 max_message_size,
+					 Interval *default_ttl, bool has_max_deliveries,
+					 int32 max_deliveries)
+{
+	if (!BrokerIntervalIsPositive(lease))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("lease must be positive")));
+	if (max_message_size < 1 || max_message_size > BROKER_MAX_MESSAGE_SIZE_LIMIT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_message_size must be between 1 and %d bytes",
+						BROKER_MAX_MESSAGE_SIZE_LIMIT),
+				 errdetail("The value given was %d.", max_message_size)));
+	if (default_ttl != NULL && !BrokerIntervalIsPositive(default_ttl))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("default_ttl must be positive")));
+	if (has_max_deliveries && max_deliveries < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_deliveries must be at least 1"),
+				 errdetail("The value given was %d.", max_deliveries)));
+}
+
+/*
+ * broker.create_queue(queue, lease, max_message_size, default_ttl,
+ *					   max_deliveries, dead_letter_queue, if_not_exists)
+ */
+Datum
+broker_create_queue(PG_FUNCTION_ARGS)
+{
+	text	   *name = BrokerQueueArg(fcinfo, 0);
+	Interval   *lease;
+	int32		max_message_size;
+	Interval   *default_ttl = PG_ARGISNULL(3) ? NULL : PG_GETARG_INTERVAL_P(3);
+	bool		if_not_exists;
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	int			rc;
+
+	BrokerRequireArg(fcinfo, 1, "lease");
+	BrokerRequireArg(fcinfo, 2, "max_message_size");
+	BrokerRequireArg(fcinfo, 6, "if_not_exists");
+	lease = PG_GETARG_INTERVAL_P(1);
+	max_message_size = PG_GETARG_INT32(2);
+	if_not_exists = PG_GETARG_BOOL(6);
+
+	check_queue_settings(lease, max_message_size, default_ttl,
+						 !PG_ARGISNULL(4), PG_ARGISNULL(4) ? 0 : PG_GETARG_INT32(4));
+
+	BrokerSPIConnect();
+
+	values[0] = PointerGetDatum(name);
+	values[1] = IntervalPGetDatum(lease);
+	values[2] = Int32GetDatum(max_message_size);
+	values[3] = default_ttl ? IntervalPGetDatum(default_ttl) : (Datum) 0;
+	nulls[3] = default_ttl ? ' ' : 'n';
+	values[4] = PG_ARGISNULL(4) ? (Datum) 0 : Int32GetDatum(PG_GETARG_INT32(4));
+	nulls[4] = PG_ARGISNULL(4) ? 'n' : ' ';
+	values[5] = (Datum) 0;
+	nulls[5] = 'n';
+
+	if (!PG_ARGISNULL(5))
+	{
+		text	   *dlq_name = PG_GETARG_TEXT_PP(5);
+		BrokerQueue dlq;
+
+		BrokerCheckQueueName(dlq_name);
+		if (!BrokerLookupQueue(dlq_name, true, &dlq))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("dead-letter queue \"%s\" does not exist",
+							text_to_cstring(dlq_name)),
+					 errhint("Create the dead-letter queue first.")));
+		if (VARSIZE_ANY_EXHDR(dlq_name) == VARSIZE_ANY_EXHDR(name) &&
+			memcmp(VARDATA_ANY(dlq_name), VARDATA_ANY(name),
+				   VARSIZE_ANY_EXHDR(name)) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("a queue cannot be its own dead-letter queue")));
+		/* Keep the dead-letter queue from being dropped under us. */
+		BrokerLockQueue(dlq_name, AccessShareLock, &dlq);
+		values[5] = Int32GetDatum(dlq.queue_id);
+		nulls[5] = ' ';
+	}
+
+	rc = SPI_execute_plan(BrokerPlan(PLAN_QUEUE_INSERT), values, nulls, false, 1);
+	if (rc != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "broker: creating the queue failed: %s",
+			 SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+	{
+		if (!if_not_exists)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("queue \"%s\" already exists", text_to_cstring(name)),
+					 errhint("Pass if_not_exists => true to ignore an existing queue.")));
+		ereport(NOTICE,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("queue \"%s\" already exists, skipping",
+						text_to_cstring(name))));
+	}
+
+	BrokerSPIFinish();
+	PG_RETURN_VOID();
+}
+
+/* broker.drop_queue(queue, if_exists): the queue and all its messages. */
+Datum
+broker_drop_queue(PG_FUNCTION_ARGS)
+{
+	text	   *name = BrokerQueueArg(fcinfo, 0);
+	bool		if_exists;
+	BrokerQueue q;
+	Datum		values[1];
+	int			rc;
+	bool		isnull;
+	Datum		users;
+
+	BrokerRequireArg(fcinfo, 1, "if_exists");
+	if_exists = PG_GETARG_BOOL(1);
+
+	BrokerSPIConnect();
+	if (!BrokerLookupQueue(name, if_exists, &q))
+	{
+		ereport(NOTICE,
+				(errmsg("queue \"%s\" does not exist, skipping",
+						text_to_cstring(name))));
+		BrokerSPIFinish();
+		PG_RETURN_BOOL(false);
+	}
+	BrokerLockQueue(name, AccessExclusiveLock, &q);
+
+	values[0] = Int32GetDatum(q.queue_id);
+	rc = SPI_execute_plan(BrokerPlan(PLAN_QUEUE_DLQ_USERS), values, NULL, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "broker: dead-letter check failed: %s", SPI_result_code_string(rc));
+	users = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("cannot drop queue \"%s\" because other queues use it as their dead-letter queue",
+						q.name),
+				 errdetail("Dead-letter queue of: %s.", TextDatumGetCString(users)),
+				 errhint("Drop those queues first.")));
+
+	rc = SPI_execute_plan(BrokerPlan(PLAN_MESSAGES_PURGE), values, NULL, false, 0);
+	if (rc != SPI_OK_DELETE)
+		elog(ERROR, "broker: dropping messages failed: %s", SPI_result_code_string(rc));
+	rc = SPI_execute_plan(BrokerPlan(PLAN_QUEUE_DELETE), values, NULL, false, 0);
+	if (rc != SPI_OK_DELETE)
+		elog(ERROR, "broker: dropping the queue failed: %s", SPI_result_code_string(rc));
+
+	/* Other backends flush their cached definitions when we commit. */
+	CacheInvalidateRelcacheByRelid(BrokerGetRels()->queue_defs);
+	BrokerInvalidateQueues();
+	BrokerNoteDeleted();
+	BrokerNoteDroppedQueue(q.queue_id);
+
+	BrokerSPIFinish();
+	PG_RETURN_BOOL(true);
+}
+
+/* broker.purge_queue(queue): delete every message, return how many. */
+Datum
+broker_purge_queue(PG_FUNCTION_ARGS)
+{
+	text	   *name = BrokerQueueArg(fcinfo, 0);
+	BrokerQueue q;
+	Datum		values[1];
+	int			rc;
+	uint64		n;
+
+	BrokerSPIConnect();
+	BrokerLockQueue(name, AccessExclusiveLock, &q);
+	values[0] = Int32GetDatum(q.queue_id);
+	rc = SPI_execute_plan(BrokerPlan(PLAN_MESSAGES_PURGE), values, NULL, false, 0);
+	if (rc != SPI_OK_DELETE)
+		elog(ERROR, "broker: purging failed: %s", SPI_result_code_string(rc));
+	n = SPI_processed;
+	BrokerNoteDeleted();
+	BrokerSPIFinish();
+	PG_RETURN_INT64((int64) n);
+}

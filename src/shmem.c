@@ -1,0 +1,645 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *	  Shared state: per-queue low-water marks, counters and long-poll
+ *	  condition variables; the per-backend registry of enqueues in flight;
+ *	  the transaction callbacks that publish what a transaction did.
+ *
+ * Locking rules
+ * -------------
+ * - BrokerShared->lock (LWLock) protects the queue-state hash table: shared
+ *	 to look an entry up, exclusive to add or remove one.  A pointer to an
+ *	 entry stays valid while its queue's heavyweight lock is held in any
+ *	 mode, because an entry is only removed by the commit of the
+ *	 transaction that dropped the queue, which holds that lock exclusively.
+ * - Each backend slot has a spinlock; its owner takes it to register or
+ *	 clear an in-flight enqueue, a refreshing consumer to read it.
+ * - BrokerQueueState.mutex (spinlock) protects refreshing/last_refresh;
+ *	 lwm and counters are atomics.
+ * No lock here is held while another is acquired, except the hash LWLock
+ * around a condition-variable signal (a spinlock inside); so no deadlock.
+ *
+ * The low-water mark protocol
+ * ---------------------------
+ * Invariant: no live message of queue q, committed or in progress, has an
+ * id below lwm(q).  Dequeue scans from lwm, so it never rewalks the dead
+ * index entries of messages deleted long ago, even while an old snapshot
+ * keeps them from being vacuumed.
+ *
+ * Ids come from a sequence and commit out of order, so a message that is
+ * not yet visible must hold the mark back.  A producer therefore registers
+ * "allocating" in its backend slot *before* it calls nextval for its first
+ * message in q in a transaction, then records the id it got; the entry is
+ * cleared by the transaction-end callback, which for a commit runs after
+ * the transaction became visible (after ProcArrayEndTransaction).
+ *
+ * A consumer advances lwm(q) as follows (BrokerMaybeRefreshLwm):
+ *	 1. fence := nextval(message_id_seq).  Any id allocated later is above
+ *		fence; any allocated earlier is below it, and its producer's
+ *		registration (made before its nextval) is visible to us now.
+ *	 2. floor := min(fence, every registered in-flight id of q); give up if
+ *		a slot for q is still "allocating" or has overflowed.
+ *	 3. M := the lowest id of q visible to a new snapshot (plain read; rows
+ *		locked, leased, delayed or being deleted by others are all seen).
+ *	 4. lwm := max(lwm, min(floor, M)).
+ * A message with id below the new mark was either allocated before the
+ * fence and (by 2) committed before our snapshot, so step 3 would have seen
+ * it, or it was deleted by a committed transaction.  Rows deleted by our
+ * own open transaction are invisible to us yet may come back if it aborts,
+ * so a transaction that deleted anything does not refresh; nor does one
+ * under REPEATABLE READ, whose snapshot predates the fence.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "commands/sequence.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+
+#include "broker.h"
+
+/* Refresh a queue's low-water mark at most this often (microseconds). */
+#define BROKER_LWM_REFRESH_US	10000
+
+/* In-flight registrations per backend before it falls back to "overflow". */
+#define BROKER_INFLIGHT_MAX		8
+
+typedef struct BrokerInflight
+{
+	Oid			dbid;
+	int32		queue_id;
+	int64		min_id;			/* 0 while the first id is being allocated */
+} BrokerInflight;
+
+typedef struct BrokerBackendSlot
+{
+	slock_t		mutex;
+	int			nentries;
+	Oid			overflow_db;	/* valid: entries overflowed in this db */
+	BrokerInflight e[BROKER_INFLIGHT_MAX];
+} BrokerBackendSlot;
+
+typedef struct BrokerShared
+{
+	LWLock	   *lock;
+	int			nslots;
+	BrokerBackendSlot slots[FLEXIBLE_ARRAY_MEMBER];
+} BrokerShared;
+
+/* What this transaction did to one queue, published at commit. */
+typedef struct BrokerPending
+{
+	int32		queue_id;
+	SubTransactionId subid;
+	bool		dropped;
+	int64		counts[BROKER_NUM_COUNTERS];
+} BrokerPending;
+
+static BrokerShared *broker_shared = NULL;
+static HTAB *broker_queue_hash = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* Backend-local transaction state. */
+static BrokerPending *pending = NULL;	/* in TopTransactionContext */
+static int	npending = 0;
+static int	maxpending = 0;
+static int32 registered[BROKER_INFLIGHT_MAX];	/* mirror of my slot */
+static int	nregistered = 0;
+static bool registered_overflow = false;
+static bool xact_deleted = false;
+static bool callbacks_registered = false;
+
+static void broker_shmem_request(void);
+static void broker_shmem_startup(void);
+static Size broker_shmem_size(void);
+static void broker_xact_callback(XactEvent event, void *arg);
+static void broker_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+									SubTransactionId parentSubid, void *arg);
+
+/* Install the shared-memory hooks; called from _PG_init when preloaded. */
+void
+BrokerShmemInit(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = broker_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = broker_shmem_startup;
+}
+
+/* Space for the backend slots and the queue-state hash table. */
+static Size
+broker_shmem_size(void)
+{
+	Size		size;
+
+	size = add_size(offsetof(BrokerShared, slots),
+					mul_size(MaxBackends, sizeof(BrokerBackendSlot)));
+	size = add_size(size, hash_estimate_size(broker_max_queues,
+											 sizeof(BrokerQueueState)));
+	return size;
+}
+
+/* shmem_request_hook: ask for our space and one named LWLock. */
+static void
+broker_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(broker_shmem_size());
+	RequestNamedLWLockTranche("broker", 1);
+}
+
+/* shmem_startup_hook: create or attach to the shared structures. */
+static void
+broker_shmem_startup(void)
+{
+	bool		found;
+	HASHCTL		info;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+
+	broker_shared = ShmemInitStruct("broker shared state",
+									add_size(offsetof(BrokerShared, slots),
+											 mul_size(MaxBackends,
+													  sizeof(BrokerBackendSlot))),
+									&found);
+	if (!found)
+	{
+		broker_shared->lock = &(GetNamedLWLockTranche("broker"))->lock;
+		broker_shared->nslots = MaxBackends;
+		for (int i = 0; i < MaxBackends; i++)
+		{
+			BrokerBackendSlot *slot = &broker_shared->slots[i];
+
+			SpinLockInit(&slot->mutex);
+			slot->nentries = 0;
+			slot->overflow_db = InvalidOid;
+		}
+	}
+
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(BrokerQueueKey);
+	info.entrysize = sizeof(BrokerQueueState);
+	broker_queue_hash = ShmemInitHash("broker queue states",
+									  broker_max_queues, broker_max_queues,
+									  &info, HASH_ELEM | HASH_BLOBS);
+
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* True when the library was preloaded and shared memory is attached. */
+bool
+BrokerSharedMemoryReady(void)
+{
+	return broker_shared != NULL && broker_queue_hash != NULL;
+}
+
+/* Fail with 55000 unless preloaded; register the transaction callbacks. */
+void
+BrokerRequireSharedMemory(void)
+{
+	if (!BrokerSharedMemoryReady())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("broker must be loaded via shared_preload_libraries"),
+				 errdetail("This function needs the broker's shared memory."),
+				 errhint("Add broker to shared_preload_libraries in postgresql.conf and restart the server.")));
+
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(broker_xact_callback, NULL);
+		RegisterSubXactCallback(broker_subxact_callback, NULL);
+		callbacks_registered = true;
+	}
+}
+
+/* This backend's registry slot. */
+static BrokerBackendSlot *
+my_slot(void)
+{
+	Assert(MyBackendId >= 1 && MyBackendId <= broker_shared->nslots);
+	return &broker_shared->slots[MyBackendId - 1];
+}
+
+/* Find, and optionally create, the shared state of a queue of this db. */
+BrokerQueueState *
+BrokerQueueStateGet(int32 queue_id, bool create)
+{
+	BrokerQueueKey key;
+	BrokerQueueState *state;
+	bool		found;
+
+	BrokerRequireSharedMemory();
+
+	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
+	key.queue_id = queue_id;
+
+	LWLockAcquire(broker_shared->lock, LW_SHARED);
+	state = hash_search(broker_queue_hash, &key, HASH_FIND, NULL);
+	LWLockRelease(broker_shared->lock);
+	if (state != NULL || !create)
+		return state;
+
+	LWLockAcquire(broker_shared->lock, LW_EXCLUSIVE);
+	state = hash_search(broker_queue_hash, &key, HASH_ENTER_NULL, &found);
+	if (state == NULL)
+	{
+		LWLockRelease(broker_shared->lock);
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("too many broker queues in use"),
+				 errdetail("Shared memory holds the state of at most %d queues.",
+						   broker_max_queues),
+				 errhint("Raise broker.max_queues and restart the server.")));
+	}
+	if (!found)
+	{
+		SpinLockInit(&state->mutex);
+		state->refreshing = false;
+		state->last_refresh = 0;
+		pg_atomic_init_u64(&state->lwm, 0);
+		pg_atomic_init_u64(&state->enqueued_total, 0);
+		pg_atomic_init_u64(&state->deleted_total, 0);
+		pg_atomic_init_u64(&state->expired_total, 0);
+		pg_atomic_init_u64(&state->dead_lettered_total, 0);
+		ConditionVariableInit(&state->cv);
+	}
+	LWLockRelease(broker_shared->lock);
+	return state;
+}
+
+/* The pending entry of a queue in the current subtransaction. */
+static BrokerPending *
+pending_entry(int32 queue_id)
+{
+	SubTransactionId subid = GetCurrentSubTransactionId();
+	BrokerPending *p;
+
+	for (int i = 0; i < npending; i++)
+	{
+		if (pending[i].queue_id == queue_id && pending[i].subid == subid)
+			return &pending[i];
+	}
+	if (npending == maxpending)
+	{
+		int			newmax = maxpending == 0 ? 8 : maxpending * 2;
+
+		if (pending == NULL)
+			pending = MemoryContextAlloc(TopTransactionContext,
+										 newmax * sizeof(BrokerPending));
+		else
+			pending = repalloc(pending, newmax * sizeof(BrokerPending));
+		maxpending = newmax;
+	}
+	/* Make sure the queue has shared state for the commit to publish to. */
+	(void) BrokerQueueStateGet(queue_id, true);
+	p = &pending[npending++];
+	memset(p, 0, sizeof(*p));
+	p->queue_id = queue_id;
+	p->subid = subid;
+	return p;
+}
+
+/* Add n to a queue's counter when (and if) this transaction commits. */
+void
+BrokerCount(int32 queue_id, BrokerCounter counter, int64 n)
+{
+	/* Without shared memory there is nowhere to count; nothing to do. */
+	if (!BrokerSharedMemoryReady())
+		return;
+	BrokerRequireSharedMemory();
+	if (n != 0)
+		pending_entry(queue_id)->counts[counter] += n;
+}
+
+/* Remember that this transaction deleted messages (see the lwm protocol). */
+void
+BrokerNoteDeleted(void)
+{
+	xact_deleted = true;
+}
+
+/* Remove the queue's shared state when this transaction commits. */
+void
+BrokerNoteDroppedQueue(int32 queue_id)
+{
+	if (!BrokerSharedMemoryReady())
+		return;
+	BrokerRequireSharedMemory();
+	pending_entry(queue_id)->dropped = true;
+}
+
+/*
+ * Allocate the id of a new message in a queue, registering the enqueue as
+ * in flight first (see the file header).
+ */
+int64
+BrokerAllocateMessageId(int32 queue_id)
+{
+	BrokerBackendSlot *slot;
+	int			idx = -1;
+	int64		id;
+
+	BrokerRequireSharedMemory();
+
+	for (int i = 0; i < nregistered; i++)
+	{
+		if (registered[i] == queue_id)
+			return nextval_internal(BrokerGetRels()->message_id_seq, false);
+	}
+	if (registered_overflow)
+		return nextval_internal(BrokerGetRels()->message_id_seq, false);
+
+	slot = my_slot();
+	SpinLockAcquire(&slot->mutex);
+	if (slot->nentries < BROKER_INFLIGHT_MAX)
+	{
+		idx = slot->nentries++;
+		slot->e[idx].dbid = MyDatabaseId;
+		slot->e[idx].queue_id = queue_id;
+		slot->e[idx].min_id = 0;
+	}
+	else
+		slot->overflow_db = MyDatabaseId;
+	SpinLockRelease(&slot->mutex);
+
+	if (idx >= 0)
+		registered[nregistered++] = queue_id;
+	else
+		registered_overflow = true;
+
+	id = nextval_internal(BrokerGetRels()->message_id_seq, false);
+
+	if (idx >= 0)
+	{
+		SpinLockAcquire(&slot->mutex);
+		slot->e[idx].min_id = id;
+		SpinLockRelease(&slot->mutex);
+	}
+	return id;
+}
+
+/* Clear this backend's in-flight registrations. */
+static void
+clear_registrations(void)
+{
+	BrokerBackendSlot *slot;
+
+	if (nregistered == 0 && !registered_overflow)
+		return;
+	slot = my_slot();
+	SpinLockAcquire(&slot->mutex);
+	slot->nentries = 0;
+	slot->overflow_db = InvalidOid;
+	SpinLockRelease(&slot->mutex);
+	nregistered = 0;
+	registered_overflow = false;
+}
+
+/*
+ * Lowest id that an in-flight enqueue into the queue may commit, or -1
+ * when a producer is still allocating (no advance possible now).
+ */
+static int64
+inflight_floor(int32 queue_id, int64 fence)
+{
+	int64		floor = fence;
+
+	for (int i = 0; i < broker_shared->nslots; i++)
+	{
+		BrokerBackendSlot *slot = &broker_shared->slots[i];
+		bool		blocked = false;
+
+		SpinLockAcquire(&slot->mutex);
+		if (slot->overflow_db == MyDatabaseId)
+			blocked = true;
+		for (int j = 0; j < slot->nentries && !blocked; j++)
+		{
+			BrokerInflight *e = &slot->e[j];
+
+			if (e->dbid != MyDatabaseId || e->queue_id != queue_id)
+				continue;
+			if (e->min_id == 0)
+				blocked = true;
+			else if (e->min_id < floor)
+				floor = e->min_id;
+		}
+		SpinLockRelease(&slot->mutex);
+		if (blocked)
+			return -1;
+	}
+	return floor;
+}
+
+/*
+ * Advance the queue's low-water mark if it was not refreshed recently.
+ * Runs inside the caller's SPI connection and transaction.
+ */
+void
+BrokerMaybeRefreshLwm(int32 queue_id, BrokerQueueState *state)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int64		fence;
+	int64		floor;
+	int64		old;
+
+	if (xact_deleted || IsolationUsesXactSnapshot())
+		return;
+
+	SpinLockAcquire(&state->mutex);
+	if (state->refreshing ||
+		now - state->last_refresh < BROKER_LWM_REFRESH_US)
+	{
+		SpinLockRelease(&state->mutex);
+		return;
+	}
+	state->refreshing = true;
+	SpinLockRelease(&state->mutex);
+
+	PG_TRY();
+	{
+		old = (int64) pg_atomic_read_u64(&state->lwm);
+		fence = nextval_internal(BrokerGetRels()->message_id_seq, false);
+		floor = inflight_floor(queue_id, fence);
+		if (floor > old)
+		{
+			Datum		values[2];
+			char		nulls[2] = {' ', ' '};
+			int			rc;
+
+			values[0] = Int32GetDatum(queue_id);
+			values[1] = Int64GetDatum(old);
+			rc = SPI_execute_plan(BrokerPlan(PLAN_LWM_PROBE), values, nulls,
+								  false, 1);
+			if (rc != SPI_OK_SELECT)
+				elog(ERROR, "broker: low-water mark probe failed: %s",
+					 SPI_result_code_string(rc));
+			if (SPI_processed == 1)
+			{
+				bool		isnull;
+				int64		m = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+															SPI_tuptable->tupdesc,
+															1, &isnull));
+
+				if (m < floor)
+					floor = m;
+			}
+			/* Only ever move the mark up. */
+			while (floor > old)
+			{
+				uint64		expected = (uint64) old;
+
+				if (pg_atomic_compare_exchange_u64(&state->lwm, &expected,
+												   (uint64) floor))
+					break;
+				old = (int64) expected;
+			}
+		}
+	}
+	PG_FINALLY();
+	{
+		SpinLockAcquire(&state->mutex);
+		state->refreshing = false;
+		state->last_refresh = now;
+		SpinLockRelease(&state->mutex);
+	}
+	PG_END_TRY();
+}
+
+/* Publish counters, wake waiters and forget dropped queues at commit. */
+static void
+publish_pending(void)
+{
+	LWLockAcquire(broker_shared->lock, LW_SHARED);
+	for (int i = 0; i < npending; i++)
+	{
+		BrokerPending *p = &pending[i];
+		BrokerQueueKey key;
+		BrokerQueueState *state;
+		int64		enq = p->counts[BROKER_COUNT_ENQUEUED];
+
+		if (p->dropped)
+			continue;
+		memset(&key, 0, sizeof(key));
+		key.dbid = MyDatabaseId;
+		key.queue_id = p->queue_id;
+		state = hash_search(broker_queue_hash, &key, HASH_FIND, NULL);
+		if (state == NULL)
+			continue;
+		pg_atomic_fetch_add_u64(&state->enqueued_total, enq);
+		pg_atomic_fetch_add_u64(&state->deleted_total,
+								p->counts[BROKER_COUNT_DELETED]);
+		pg_atomic_fetch_add_u64(&state->expired_total,
+								p->counts[BROKER_COUNT_EXPIRED]);
+		pg_atomic_fetch_add_u64(&state->dead_lettered_total,
+								p->counts[BROKER_COUNT_DEAD_LETTERED]);
+
+		/* One new message wakes one waiter; a big batch wakes them all. */
+		if (enq >= 16)
+			ConditionVariableBroadcast(&state->cv);
+		else
+			for (int64 n = 0; n < enq; n++)
+				ConditionVariableSignal(&state->cv);
+	}
+	LWLockRelease(broker_shared->lock);
+
+	for (int i = 0; i < npending; i++)
+	{
+		BrokerQueueKey key;
+
+		if (!pending[i].dropped)
+			continue;
+		memset(&key, 0, sizeof(key));
+		key.dbid = MyDatabaseId;
+		key.queue_id = pending[i].queue_id;
+		LWLockAcquire(broker_shared->lock, LW_EXCLUSIVE);
+		hash_search(broker_queue_hash, &key, HASH_REMOVE, NULL);
+		LWLockRelease(broker_shared->lock);
+	}
+}
+
+/* Reset the backend-local transaction state. */
+static void
+reset_xact_state(void)
+{
+	pending = NULL;				/* freed with TopTransactionContext */
+	npending = 0;
+	maxpending = 0;
+	xact_deleted = false;
+}
+
+/* Transaction callback: see the file header for why COMMIT is the point. */
+static void
+broker_xact_callback(XactEvent event, void *arg)
+{
+	(void) arg;
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (nregistered > 0 || registered_overflow)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that has enqueued broker messages"),
+						 errdetail("A prepared enqueue would commit behind the queue's low-water mark.")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (npending > 0)
+				publish_pending();
+			clear_registrations();
+			reset_xact_state();
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			clear_registrations();
+			reset_xact_state();
+			break;
+		default:
+			break;
+	}
+}
+
+/* Subtransaction callback: an aborted savepoint's counts never happened. */
+static void
+broker_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	int			j = 0;
+
+	(void) arg;
+
+	switch (event)
+	{
+		case SUBXACT_EVENT_ABORT_SUB:
+			for (int i = 0; i < npending; i++)
+			{
+				if (pending[i].subid != mySubid)
+					pending[j++] = pending[i];
+			}
+			npending = j;
+			break;
+		case SUBXACT_EVENT_COMMIT_SUB:
+			for (int i = 0; i < npending; i++)
+			{
+				if (pending[i].subid == mySubid)
+					pending[i].subid = parentSubid;
+			}
+			break;
+		default:
+			break;
+	}
+}
