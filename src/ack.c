@@ -82,7 +82,7 @@ broker_delete_many(PG_FUNCTION_ARGS)
 	uint64		n;
 
 	ack_queue(fcinfo, &q);
-	InitMaterializedSRF(fcinfo, 0);
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	values[0] = Int32GetDatum(q.queue_id);
 	values[1] = PG_GETARG_DATUM(1);
 	rc = SPI_execute_plan(BrokerPlan(PLAN_DELETE_MANY), values, NULL, false, 0);

@@ -95,7 +95,7 @@ static const BrokerPlanDef plan_defs[BROKER_NUM_PLANS] = {
 		"INSERT INTO broker.messages (queue_id, id, vt, enqueued_at,"
 		"       expires_at, payload, headers)"
 		" SELECT $1, u.i, $3, $4, $5, u.p, $7"
-		"   FROM pg_catalog.unnest($2, $6) AS u(i, p)",
+		"   FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($6)) AS u(i, p)",
 		7, {INT4OID, INT8ARRAYOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
 		TIMESTAMPTZOID, JSONBARRAYOID, JSONBOID}
 	},

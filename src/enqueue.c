@@ -176,7 +176,7 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 	check_delay_ttl(fcinfo);
 	BrokerRequireSharedMemory();
 
-	InitMaterializedSRF(fcinfo, 0);
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 
 	deconstruct_array(arr, JSONBOID, -1, false, TYPALIGN_INT,
 					  &elems, &elem_nulls, &n);
