@@ -88,6 +88,12 @@ broker_create_queue(PG_FUNCTION_ARGS)
 		text	   *dlq_name = PG_GETARG_TEXT_PP(5);
 		BrokerQueue dlq;
 
+		if (VARSIZE_ANY_EXHDR(dlq_name) == VARSIZE_ANY_EXHDR(name) &&
+			memcmp(VARDATA_ANY(dlq_name), VARDATA_ANY(name),
+				   VARSIZE_ANY_EXHDR(name)) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("a queue cannot be its own dead-letter queue")));
 		BrokerCheckQueueName(dlq_name);
 		if (!BrokerLookupQueue(dlq_name, true, &dlq))
 			ereport(ERROR,
@@ -95,12 +101,6 @@ broker_create_queue(PG_FUNCTION_ARGS)
 					 errmsg("dead-letter queue \"%s\" does not exist",
 							text_to_cstring(dlq_name)),
 					 errhint("Create the dead-letter queue first.")));
-		if (VARSIZE_ANY_EXHDR(dlq_name) == VARSIZE_ANY_EXHDR(name) &&
-			memcmp(VARDATA_ANY(dlq_name), VARDATA_ANY(name),
-				   VARSIZE_ANY_EXHDR(name)) == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("a queue cannot be its own dead-letter queue")));
 		/* Keep the dead-letter queue from being dropped under us. */
 		BrokerLockQueue(dlq_name, AccessShareLock, &dlq);
 		values[5] = Int32GetDatum(dlq.queue_id);
