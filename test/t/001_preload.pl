@@ -134,23 +134,38 @@ $node->stop;
 
 # ---------------------------------------------------------------------------
 # 2. Without shared_preload_libraries
+#
+# Here every statement goes through sql() rather than safe_psql, so that a
+# failure (the backend dying while loading the library, say) shows up as a
+# failed assertion and the remaining checks still run.
 # ---------------------------------------------------------------------------
+
+# Run SQL; return its output, or "ERROR: <stderr>" when psql failed.
+sub sql
+{
+	my ($node, $query) = @_;
+	my ($ret, $out, $err) = $node->psql('postgres', $query);
+	return $ret == 0 ? $out : "ERROR($ret): $err";
+}
+
 my $plain = PostgreSQL::Test::Cluster->new('no_preload');
 $plain->init;
 $plain->start;
 
-is($plain->safe_psql('postgres', 'SHOW shared_preload_libraries'),
+is(sql($plain, 'SHOW shared_preload_libraries'),
 	'', 'second node: no shared_preload_libraries');
 
-$plain->safe_psql('postgres', 'CREATE EXTENSION broker');
-is( $plain->safe_psql(
-		'postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'broker'}),
+is(sql($plain, 'CREATE EXTENSION broker'),
+	'', 'CREATE EXTENSION broker works without preload');
+is( sql($plain,
+		q{SELECT extversion FROM pg_extension WHERE extname = 'broker'}),
 	'0.1.0',
-	'CREATE EXTENSION broker works without preload');
+	'the extension is installed without preload');
 
-$plain->safe_psql('postgres', q{SELECT broker.create_queue('q')});
-is($plain->safe_psql('postgres', q{SELECT queue, lease FROM broker.queues}),
-	'q|00:00:30', 'create_queue works without preload');
+is(sql($plain, q{SELECT broker.create_queue('q')}),
+	'', 'create_queue works without preload');
+is(sql($plain, q{SELECT queue, lease FROM broker.queues}),
+	'q|00:00:30', 'the queue is listed in broker.queues');
 
 # SQLSTATE and hint as psql reports them with VERBOSITY verbose.
 my ($ret, $out, $err) = $plain->psql('postgres',
@@ -183,32 +198,28 @@ like(
 	qr/^55000\|.*shared_preload_libraries/,
 	'enqueue_batch: SQLSTATE 55000 and hint (caught in a DO block)');
 
-is($plain->safe_psql('postgres', 'SELECT count(*) FROM broker.messages'),
+is(sql($plain, 'SELECT count(*) FROM broker.messages'),
 	'0', 'nothing was stored by the failed calls');
 
-is( $plain->safe_psql(
-		'postgres',
+is( sql($plain,
 		q{SELECT queue, ready, leased, delayed, total,
 		         enqueued_total IS NULL, deleted_total IS NULL,
 		         expired_total IS NULL, dead_lettered_total IS NULL
 		    FROM broker.metrics()}),
 	'q|0|0|0|0|t|t|t|t',
 	'metrics() works without preload, counters NULL');
-is( $plain->safe_psql(
-		'postgres', q{SELECT count(*) FROM broker.metrics('q')
-		               WHERE enqueued_total IS NULL}),
+is( sql($plain,
+		q{SELECT count(*) FROM broker.metrics('q') WHERE enqueued_total IS NULL}),
 	'1',
 	'metrics(queue) works without preload, counters NULL');
 
-# The module is loaded in the backend (GUCs defined) but no shared memory.
-is( $plain->safe_psql(
-		'postgres',
+is( sql($plain,
 		q{SELECT count(*) FROM pg_shmem_allocations WHERE name LIKE 'broker%'}),
 	'0',
 	'no broker shared memory without preload');
 
-ok($plain->safe_psql('postgres', q{SELECT broker.drop_queue('q')}) eq 't',
-	'drop_queue works without preload');
+is(sql($plain, q{SELECT broker.drop_queue('q')}),
+	't', 'drop_queue works without preload');
 
 $plain->stop;
 

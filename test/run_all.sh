@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Every test: install what is missing, build with -Wall -Wextra -Werror,
+# install, then run pg_regress, the isolation specs and the TAP tests (each
+# on temporary instances they start themselves), and a short simulator run.
+# Ends with one line "N passed, M failed"; exits non-zero on any failure.
+# Usage: bash test/run_all.sh
+set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+. "$here/test/lib.sh"
+
+ensure_deps || exit 1
+tree=$(make_build_tree "$here")
+trap 'stop_cluster; rm -rf "$tree"' EXIT
+build_install "$tree" "-Wall -Wextra -Werror" || { echo "0 passed, 1 failed"; exit 1; }
+
+passed=0
+failed=0
+out=$(mktemp)
+
+# Count "... ok" / "... FAILED|not ok" result lines of one stage.
+tally() {
+    local ok bad
+    ok=$(grep -cE '(\.\.\. +ok|\.\. ok( |$))' "$out")
+    bad=$(grep -cE '(\.\.\. +FAILED|\.\. (Dubious|Failed)|not ok )' "$out")
+    passed=$((passed + ok))
+    failed=$((failed + bad))
+}
+
+# Run one stage; on failure show what the framework left behind.
+stage() {
+    local name=$1; shift
+    log "$name"
+    if "$@" 2>&1 | tee "$out"; then
+        tally
+    else
+        tally
+        [ "$(grep -cE '(\.\.\. +FAILED|\.\. (Dubious|Failed)|not ok )' "$out")" -gt 0 ] || failed=$((failed + 1))
+        for f in "$tree/regression.diffs" "$tree/output_iso/regression.diffs"; do
+            [ -f "$f" ] && { echo "---- $f"; head -200 "$f"; }
+        done
+        for f in "$tree"/tmp_check/log/regress_log_*; do
+            [ -f "$f" ] && { echo "---- $f (tail)"; tail -60 "$f"; }
+        done
+        return 1
+    fi
+}
+
+stage "pg_regress" as_pg make -C "$tree" installcheck ISOLATION= TAP_TESTS=
+stage "isolation" as_pg make -C "$tree" installcheck REGRESS= TAP_TESTS=
+stage "TAP" as_pg make -C "$tree" installcheck REGRESS= ISOLATION= PROVE_FLAGS=--timer
+
+log "simulator"
+if sim=$(build_sim "$tree"); then
+    start_cluster "shared_buffers = 256MB"
+    as_pg psql -X -q -c "CREATE EXTENSION broker" >/dev/null
+    for args in "-p 4 -c 4 -t 5" "-p 2 -c 4 -b 10 -t 5" "-p 2 -c 4 -w 200 -t 5"; do
+        if as_pg env PGHOST="$PGHOST" PGPORT="$PGPORT" "$sim" --quiet $args; then
+            echo "simulator $args ... ok"; passed=$((passed + 1))
+        else
+            echo "simulator $args ... FAILED"; failed=$((failed + 1))
+        fi
+    done
+    stop_cluster
+else
+    echo "simulator build ... FAILED"; failed=$((failed + 1))
+fi
+
+rm -f "$out"
+echo
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

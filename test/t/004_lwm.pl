@@ -1,0 +1,341 @@
+# 004_lwm.pl: the low-water mark never skips a message.
+#
+# Dequeue scans a queue from its low-water mark, which consumers advance
+# (at most every 10 ms per queue) while they dequeue.  Each case below
+# holds back a message with a low id in some way -- an enqueue that commits
+# late, a delete that aborts, a delay, a release -- while other sessions
+# enqueue, dequeue and delete many messages with higher ids, sleeping 20 ms
+# between dequeues so that the mark is refreshed each time.  Then the held
+# message must be delivered.
+#
+# Open transactions are held by psql processes driven through pipes
+# (IPC::Run), which works with every PostgreSQL 15 minor release.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run;
+
+# --- a psql session held open on a pipe ------------------------------------
+package Session;
+
+my $nmark = 0;
+
+sub new
+{
+	my ($class, $node, $name) = @_;
+	my $self = bless { in => '', out => '', err => '', name => $name }, $class;
+	$self->{timeout} =
+	  IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default);
+	$self->{h} = IPC::Run::start(
+		[
+			'psql', '-XAtq', '-v', 'ON_ERROR_STOP=0',
+			'-h', $node->host, '-p', $node->port, 'postgres'
+		],
+		'<', \$self->{in}, '>', \$self->{out}, '2>', \$self->{err},
+		$self->{timeout});
+	return $self;
+}
+
+# Run SQL (one or more statements); returns (stdout, stderr) in list
+# context, stdout in scalar context.  Waits for psql to finish them.
+sub query
+{
+	my ($self, $sql) = @_;
+	my $mark = '__done_' . $nmark++ . '__';
+	$self->{out} = '';
+	$self->{err} = '';
+	$self->{timeout}->start($PostgreSQL::Test::Utils::timeout_default);
+	$self->{in} .= "$sql\n;\n\\echo $mark\n\\warn $mark\n";
+	PostgreSQL::Test::Utils::pump_until($self->{h}, $self->{timeout},
+		\$self->{out}, qr/$mark\n/)
+	  && PostgreSQL::Test::Utils::pump_until($self->{h}, $self->{timeout},
+		\$self->{err}, qr/$mark\n/)
+	  or die "session $self->{name}: no answer to: $sql";
+	(my $out = $self->{out}) =~ s/$mark\n//;
+	(my $err = $self->{err}) =~ s/$mark\n//;
+	chomp $out;
+	return wantarray ? ($out, $err) : $out;
+}
+
+# Like query, but dies on any error.
+sub safe
+{
+	my ($self, $sql) = @_;
+	my ($out, $err) = $self->query($sql);
+	die "session $self->{name}: error in: $sql\n$err" if $err =~ /ERROR/;
+	return $out;
+}
+
+sub quit
+{
+	my ($self) = @_;
+	$self->{in} .= "\\q\n";
+	$self->{h}->finish;
+}
+
+package main;
+
+my $node = PostgreSQL::Test::Cluster->new('lwm');
+$node->init;
+$node->append_conf(
+	'postgresql.conf', q{
+shared_preload_libraries = 'broker'
+max_prepared_transactions = 4
+log_statement = none
+});
+$node->start;
+
+my $slow = Session->new($node, 'slow');       # holds transactions open
+my $prod = Session->new($node, 'producer');
+my $cons = Session->new($node, 'consumer');
+
+$slow->safe('CREATE EXTENSION broker');
+
+# $n rounds of: enqueue a message, sleep 20 ms, take one message and delete
+# it with its receipt (each statement its own transaction, so the consumer
+# refreshes the mark at every dequeue).  Returns the ids consumed.
+sub churn
+{
+	my ($q, $n) = @_;
+	my @consumed;
+	for (1 .. $n)
+	{
+		$prod->safe(qq{SELECT broker.enqueue('$q', '{"filler": true}')});
+		my $out = $cons->safe(
+			qq{SELECT pg_sleep(0.02);
+SELECT 'took:' || m.id || ':' || broker.delete('$q', m.id, m.receipt)
+  FROM broker.dequeue('$q') m;});
+		push @consumed, $1 while $out =~ /took:(\d+):t/g;
+	}
+	return @consumed;
+}
+
+# Fill a queue with $n messages.
+sub fill
+{
+	my ($q, $n) = @_;
+	$prod->safe(
+		qq{SELECT broker.enqueue_batch('$q',
+		       array_fill('{"filler": true}'::jsonb, ARRAY[$n]))});
+}
+
+# Dequeue one message (with receipt) as a fresh transaction.
+sub take
+{
+	my ($q, $session) = @_;
+	$session //= $cons;
+	return $session->safe(
+		qq{SELECT pg_sleep(0.02);
+SELECT id || '|' || delivery_count || '|' || receipt FROM broker.dequeue('$q')});
+}
+
+# Sleep until the message's vt (lease end or delay) has passed.
+sub wait_vt
+{
+	my ($q, $id) = @_;
+	$cons->safe(
+		qq{SELECT pg_sleep(greatest(0, extract(epoch FROM
+		     (SELECT vt FROM broker.messages WHERE id = $id)
+		     - clock_timestamp())) + 0.05)});
+}
+
+# Delete everything left, by receipt; returns the ids.
+sub drain
+{
+	my ($q) = @_;
+	my $out = $cons->safe(
+		qq{SELECT pg_sleep(0.02);
+SELECT m.id FROM broker.dequeue('$q', 10000) m
+ WHERE broker.delete('$q', m.id, m.receipt) ORDER BY m.id});
+	return grep { /^\d+$/ } split /\n/, $out;
+}
+
+# ---------------------------------------------------------------------------
+# 1. A producer that got a low id but commits late.
+# ---------------------------------------------------------------------------
+$prod->safe(q{SELECT broker.create_queue('late', lease => '1 hour')});
+fill('late', 5);
+
+$slow->safe('BEGIN');
+my $low = $slow->safe(q{SELECT broker.enqueue('late', '{"slow": true}')});
+like($low, qr/^\d+$/, 'late producer: got an id in an open transaction');
+
+fill('late', 5);
+my @got = churn('late', 40);
+is(scalar(@got), 40, 'late producer: 40 other messages consumed meanwhile');
+ok(!grep({ $_ == $low } @got),
+	'late producer: the uncommitted message was not delivered');
+cmp_ok((sort { $a <=> $b } @got)[0], '<', $low,
+	'late producer: messages below its id were consumed meanwhile');
+cmp_ok((sort { $a <=> $b } @got)[-1], '>', $low,
+	'late producer: messages above its id were consumed meanwhile');
+
+$slow->safe('COMMIT');
+my @rest = drain('late');
+is_deeply([ grep { $_ == $low } @rest ], [$low],
+	'late producer: the late-committed low id is delivered after COMMIT');
+is($node->safe_psql('postgres', q{SELECT total FROM broker.metrics('late')}),
+	'0', 'late producer: queue empty afterwards');
+
+# The same with a batch, and with a savepoint rolled back before the
+# enqueue that commits.
+$slow->safe('BEGIN');
+$slow->safe(q{SAVEPOINT s1});
+my $gone = $slow->safe(q{SELECT broker.enqueue('late', '{"gone": true}')});
+$slow->safe(q{ROLLBACK TO SAVEPOINT s1});
+my @batch = split /\n/,
+  $slow->safe(
+	q{SELECT broker.enqueue_batch('late', ARRAY['{"b":1}','{"b":2}','{"b":3}']::jsonb[])}
+  );
+is(scalar(@batch), 3, 'late batch: three ids');
+@got = churn('late', 30);
+ok(!grep({ my $g = $_; grep { $_ == $g } (@batch, $gone) } @got),
+	'late batch: nothing of the open transaction delivered');
+$slow->safe('COMMIT');
+@rest = drain('late');
+is_deeply([ grep { my $r = $_; grep { $_ == $r } @batch } @rest ], \@batch,
+	'late batch: all three late-committed ids delivered, in order');
+ok(!grep({ $_ == $gone } @rest),
+	'late batch: the rolled-back enqueue is never delivered');
+
+# ---------------------------------------------------------------------------
+# 2. A late producer that enqueued into many queues in one transaction.
+# ---------------------------------------------------------------------------
+my @many = map { "many_$_" } 1 .. 10;
+$prod->safe(join "\n",
+	map { qq{SELECT broker.create_queue('$_', lease => '1 hour');} } @many);
+fill($_, 3) for @many;
+$slow->safe('BEGIN');
+my %lowid;
+$lowid{$_} = $slow->safe(qq{SELECT broker.enqueue('$_', '{"slow": true}')})
+  for @many;
+fill($_, 3) for @many;
+my $leak = 0;
+for my $q ($many[0], $many[-1])
+{
+	@got = churn($q, 12);
+	$leak++ if grep { $_ == $lowid{$q} } @got;
+}
+is($leak, 0, 'many queues: no uncommitted message delivered');
+$slow->safe('COMMIT');
+my $missing = 0;
+for my $q (@many)
+{
+	@rest = drain($q);
+	$missing++ unless grep { $_ == $lowid{$q} } @rest;
+}
+is($missing, 0,
+	'many queues: the late-committed message of each of 10 queues is delivered');
+
+# ---------------------------------------------------------------------------
+# 3. A consumer that deleted a message and then aborts.
+# ---------------------------------------------------------------------------
+$prod->safe(q{SELECT broker.create_queue('abort', lease => '1 hour')});
+fill('abort', 10);
+
+# 3a. Dequeue and delete in the transaction that aborts.
+$slow->safe('BEGIN');
+my ($x, $xdc, $xr) = split /\|/, take('abort', $slow);
+is($slow->safe(qq{SELECT broker.delete('abort', $x, $xr)}),
+	't', 'aborted delete: the consumer deleted the lowest message');
+# The deleting transaction itself dequeues more (it must not let the mark
+# pass the row it deleted: the delete may still roll back).
+my $own = '';
+$own .= $slow->safe(
+	q{SELECT pg_sleep(0.02); SELECT id FROM broker.dequeue('abort')}) . ','
+  for 1 .. 3;
+unlike(",$own", qr/,$x,/, 'aborted delete: its own transaction does not get it back');
+@got = churn('abort', 40);
+is(scalar(@got), 40, 'aborted delete: other consumers went on meanwhile');
+ok(!grep({ $_ == $x } @got), 'aborted delete: the message was not delivered meanwhile');
+$slow->safe('ROLLBACK');
+my ($y, $ydc) = split /\|/, take('abort');
+is("$y|$ydc", "$x|1",
+	'aborted delete: the message is delivered next, delivery_count unchanged');
+$cons->safe(q{SELECT broker.delete('abort', ARRAY[} . $y . q{]::bigint[])});
+
+# 3b. The lease committed earlier; only the delete aborts.  The message is
+# delivered again once its lease runs out.
+fill('abort', 1);
+($x, $xdc, $xr) = split /\|/,
+  $cons->safe(q{SELECT pg_sleep(0.02);
+SELECT id || '|' || delivery_count || '|' || receipt
+  FROM broker.dequeue('abort', 1, '2 seconds')});
+$slow->safe('BEGIN');
+is($slow->safe(qq{SELECT broker.delete('abort', $x, $xr)}),
+	't', 'aborted delete of an earlier lease: deleted in an open transaction');
+@got = churn('abort', 30);
+ok(!grep({ $_ == $x } @got), 'aborted delete of an earlier lease: not delivered meanwhile');
+$slow->safe('ROLLBACK');
+wait_vt('abort', $x);
+($y, $ydc) = split /\|/, take('abort');
+is("$y|$ydc", "$x|2",
+	'aborted delete of an earlier lease: redelivered after the lease, delivery_count 2');
+$cons->safe(q{SELECT broker.delete('abort', ARRAY[} . $y . q{]::bigint[])});
+
+# 3c. The delete is in a prepared transaction, rolled back later.
+fill('abort', 1);
+($x, $xdc, $xr) = split /\|/,
+  $cons->safe(q{SELECT pg_sleep(0.02);
+SELECT id || '|' || delivery_count || '|' || receipt
+  FROM broker.dequeue('abort', 1, '2 seconds')});
+$slow->safe(qq{BEGIN; SELECT broker.delete('abort', $x, $xr); PREPARE TRANSACTION 'del'});
+@got = churn('abort', 30);
+# The session that prepared goes on dequeuing too (refreshing the mark).
+$slow->safe(qq{SELECT pg_sleep(0.02);
+SELECT broker.delete('abort', m.id, m.receipt) FROM broker.dequeue('abort') m});
+ok(!grep({ $_ == $x } @got), 'prepared delete: not delivered while prepared');
+$slow->safe(q{ROLLBACK PREPARED 'del'});
+wait_vt('abort', $x);
+($y, $ydc) = split /\|/, take('abort');
+is("$y|$ydc", "$x|2",
+	'prepared delete rolled back: redelivered after the lease');
+$cons->safe(q{SELECT broker.delete('abort', ARRAY[} . $y . q{]::bigint[])});
+
+drain('abort');
+
+# An enqueue cannot be prepared (it would commit behind the mark).
+my ($out, $err) = $slow->query(
+	qq{\\set VERBOSITY verbose
+BEGIN; SELECT broker.enqueue('abort', '{"prepared": true}'); PREPARE TRANSACTION 'enq';
+\\set VERBOSITY default});
+like($err, qr/ERROR:\s+0A000:/, 'PREPARE of an enqueue is refused with 0A000');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_prepared_xacts}),
+	'0', 'no prepared transaction left');
+$slow->query('ROLLBACK');
+
+# ---------------------------------------------------------------------------
+# 4. A delayed and a released message below the mark.
+# ---------------------------------------------------------------------------
+$prod->safe(q{SELECT broker.create_queue('later', lease => '1 hour')});
+my $delayed = $prod->safe(
+	q{SELECT broker.enqueue('later', '{"delayed": true}', delay => '3 seconds')});
+fill('later', 2);
+($x, $xdc, $xr) = split /\|/, take('later');
+is($cons->safe(qq{SELECT broker.release('later', $x, $xr, '3 seconds')}),
+	't', 'released a lease with a delay');
+@got = churn('later', 30);
+ok(!grep({ $_ == $delayed || $_ == $x } @got),
+	'delayed and released messages not delivered before their time');
+wait_vt('later', $delayed);
+wait_vt('later', $x);
+@rest = drain('later');
+ok((grep { $_ == $delayed } @rest), 'the delayed message is delivered after its delay');
+ok((grep { $_ == $x } @rest), 'the released message is delivered after its delay');
+
+# ---------------------------------------------------------------------------
+# Every message of every queue was delivered and deleted: nothing stuck.
+# ---------------------------------------------------------------------------
+is( $node->safe_psql(
+		'postgres',
+		q{SELECT string_agg(queue || ':' || total, ',') FROM broker.metrics()
+		   WHERE total <> 0}),
+	'', 'every queue drained: no message left stuck anywhere');
+
+$_->quit for ($slow, $prod, $cons);
+$node->stop;
+
+done_testing();
