@@ -76,6 +76,7 @@ CREATE VIEW broker.queues AS
 -- qualified, operators included, so search_path cannot redirect them.
 REVOKE ALL ON broker.queue_defs, broker.messages FROM PUBLIC;
 REVOKE ALL ON SEQUENCE broker.queue_id_seq, broker.message_id_seq FROM PUBLIC;
+GRANT USAGE ON SCHEMA broker TO PUBLIC;
 GRANT SELECT ON broker.queues TO PUBLIC;
 
 -- Queues -------------------------------------------------------------------

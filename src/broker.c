@@ -38,15 +38,21 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
-	DefineCustomIntVariable("broker.max_queues",
-							"Maximum number of queues with shared state, in all databases.",
-							"Each queue in use takes one slot of shared memory "
-							"(its low-water mark, counters and long-poll waiters).",
-							&broker_max_queues,
-							4096, 16, 1000000,
-							PGC_POSTMASTER,
-							0,
-							NULL, NULL, NULL);
+	/*
+	 * A PGC_POSTMASTER setting can only be defined while the postmaster
+	 * loads us; loaded later (no preload), there is no shared memory to
+	 * size anyway.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("broker.max_queues",
+								"Maximum number of queues with shared state, in all databases.",
+								"Each queue in use takes one slot of shared memory "
+								"(its low-water mark, counters and long-poll waiters).",
+								&broker_max_queues,
+								4096, 16, 1000000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("broker");
 

@@ -98,10 +98,15 @@ extern text *BrokerQueueArg(FunctionCallInfo fcinfo, int argno);
 
 /* --- shared memory (shmem.c) --- */
 
-/* Hash key of a queue's shared state: queues live in one database. */
+/*
+ * Hash key of a queue's shared state.  Queues live in one database, and
+ * queue ids restart when the extension is dropped and created again, so
+ * the key also holds the OID of that installation's broker.queue_defs.
+ */
 typedef struct BrokerQueueKey
 {
 	Oid			dbid;
+	Oid			defs_relid;
 	int32		queue_id;
 } BrokerQueueKey;
 

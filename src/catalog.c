@@ -297,7 +297,7 @@ BrokerSPIFinish(void)
 		elog(ERROR, "broker: SPI_finish failed: %s", SPI_result_code_string(rc));
 }
 
-/* The kept plan of a statement, prepared on first use. */
+/* The kept generic plan of a statement, prepared on first use. */
 SPIPlanPtr
 BrokerPlan(BrokerPlanId id)
 {
@@ -306,7 +306,12 @@ BrokerPlan(BrokerPlanId id)
 		const BrokerPlanDef *def = &plan_defs[id];
 		SPIPlanPtr	plan;
 
-		plan = SPI_prepare(def->sql, def->nargs, (Oid *) def->argtypes);
+		/*
+		 * Always the generic plan: every statement is driven by the primary
+		 * key, and a custom plan per call would re-plan on every call.
+		 */
+		plan = SPI_prepare_cursor(def->sql, def->nargs, (Oid *) def->argtypes,
+								  CURSOR_OPT_GENERIC_PLAN);
 		if (plan == NULL)
 			elog(ERROR, "broker: SPI_prepare failed for plan %d: %s",
 				 (int) id, SPI_result_code_string(SPI_result));

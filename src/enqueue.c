@@ -189,11 +189,13 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 					 errdetail("Element %d of payloads is null; nothing was enqueued.",
 							   i + 1)));
 	}
-	if (n == 0)
-		return (Datum) 0;
-
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessShareLock, &q);
+	if (n == 0)
+	{
+		BrokerSPIFinish();
+		return (Datum) 0;
+	}
 	for (int i = 0; i < n; i++)
 	{
 		CHECK_FOR_INTERRUPTS();

@@ -96,6 +96,7 @@ typedef struct BrokerShared
 /* What this transaction did to one queue, published at commit. */
 typedef struct BrokerPending
 {
+	Oid			defs_relid;
 	int32		queue_id;
 	SubTransactionId subid;
 	bool		dropped;
@@ -245,6 +246,7 @@ BrokerQueueStateGet(int32 queue_id, bool create)
 
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
+	key.defs_relid = BrokerGetRels()->queue_defs;
 	key.queue_id = queue_id;
 
 	LWLockAcquire(broker_shared->lock, LW_SHARED);
@@ -308,6 +310,7 @@ pending_entry(int32 queue_id)
 	(void) BrokerQueueStateGet(queue_id, true);
 	p = &pending[npending++];
 	memset(p, 0, sizeof(*p));
+	p->defs_relid = BrokerGetRels()->queue_defs;
 	p->queue_id = queue_id;
 	p->subid = subid;
 	return p;
@@ -329,6 +332,10 @@ BrokerCount(int32 queue_id, BrokerCounter counter, int64 n)
 void
 BrokerNoteDeleted(void)
 {
+	/* Without shared memory there is no mark to protect. */
+	if (!BrokerSharedMemoryReady())
+		return;
+	BrokerRequireSharedMemory();	/* the callback resets the flag */
 	xact_deleted = true;
 }
 
@@ -535,6 +542,7 @@ publish_pending(void)
 			continue;
 		memset(&key, 0, sizeof(key));
 		key.dbid = MyDatabaseId;
+		key.defs_relid = p->defs_relid;
 		key.queue_id = p->queue_id;
 		state = hash_search(broker_queue_hash, &key, HASH_FIND, NULL);
 		if (state == NULL)
@@ -564,6 +572,7 @@ publish_pending(void)
 			continue;
 		memset(&key, 0, sizeof(key));
 		key.dbid = MyDatabaseId;
+		key.defs_relid = pending[i].defs_relid;
 		key.queue_id = pending[i].queue_id;
 		LWLockAcquire(broker_shared->lock, LW_EXCLUSIVE);
 		hash_search(broker_queue_hash, &key, HASH_REMOVE, NULL);

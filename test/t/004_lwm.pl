@@ -127,9 +127,23 @@ sub take
 {
 	my ($q, $session) = @_;
 	$session //= $cons;
-	return $session->safe(
+	my $out = $session->safe(
 		qq{SELECT pg_sleep(0.02);
 SELECT id || '|' || delivery_count || '|' || receipt FROM broker.dequeue('$q')});
+	$out =~ s/^\s+//;    # the empty line of pg_sleep
+	return $out;
+}
+
+# The same with a given lease.
+sub take_leased
+{
+	my ($q, $lease) = @_;
+	my $out = $cons->safe(
+		qq{SELECT pg_sleep(0.02);
+SELECT id || '|' || delivery_count || '|' || receipt
+  FROM broker.dequeue('$q', 1, '$lease')});
+	$out =~ s/^\s+//;
+	return $out;
 }
 
 # Sleep until the message's vt (lease end or delay) has passed.
@@ -260,10 +274,7 @@ $cons->safe(q{SELECT broker.delete('abort', ARRAY[} . $y . q{]::bigint[])});
 # 3b. The lease committed earlier; only the delete aborts.  The message is
 # delivered again once its lease runs out.
 fill('abort', 1);
-($x, $xdc, $xr) = split /\|/,
-  $cons->safe(q{SELECT pg_sleep(0.02);
-SELECT id || '|' || delivery_count || '|' || receipt
-  FROM broker.dequeue('abort', 1, '2 seconds')});
+($x, $xdc, $xr) = split /\|/, take_leased('abort', '2 seconds');
 $slow->safe('BEGIN');
 is($slow->safe(qq{SELECT broker.delete('abort', $x, $xr)}),
 	't', 'aborted delete of an earlier lease: deleted in an open transaction');
@@ -278,10 +289,7 @@ $cons->safe(q{SELECT broker.delete('abort', ARRAY[} . $y . q{]::bigint[])});
 
 # 3c. The delete is in a prepared transaction, rolled back later.
 fill('abort', 1);
-($x, $xdc, $xr) = split /\|/,
-  $cons->safe(q{SELECT pg_sleep(0.02);
-SELECT id || '|' || delivery_count || '|' || receipt
-  FROM broker.dequeue('abort', 1, '2 seconds')});
+($x, $xdc, $xr) = split /\|/, take_leased('abort', '2 seconds');
 $slow->safe(qq{BEGIN; SELECT broker.delete('abort', $x, $xr); PREPARE TRANSACTION 'del'});
 @got = churn('abort', 30);
 # The session that prepared goes on dequeuing too (refreshing the mark).

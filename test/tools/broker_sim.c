@@ -7,7 +7,7 @@
  * broker.enqueue[_batch], broker.dequeue and broker.delete on one queue.
  * Every payload names its run, producer and sequence number,
  *
- *		{"r":"<run>","p":<producer>,"n":<seq>,"ts":<µs since epoch>,"pad":"x.."}
+ *		{"r":"<run>","p":<producer>,"n":<seq>,"ts":<us since epoch>,"pad":"x.."}
  *
  * so each message can be checked to be consumed exactly once and timed end
  * to end (consumer receive time minus "ts", both CLOCK_REALTIME).
@@ -57,7 +57,7 @@
 #define CHUNK_SIZE		(1 << CHUNK_BITS)
 #define MAX_CHUNKS		(1 << 14)
 
-/* latency histogram: log buckets from 1 µs to 1000 s, about 1.2% wide */
+/* latency histogram: log buckets from 1 us to 1000 s, about 1.2% wide */
 #define HIST_PER_DECADE 200
 #define HIST_BUCKETS	(HIST_PER_DECADE * 9 + 2)
 
@@ -315,8 +315,7 @@ chomp(char *buf, size_t size, const char *msg)
 	return buf;
 }
 
-/* Check a result's status; if wrong, report it (server message, SQLSTATE),
- * clear it and return false. */
+/* Check a result's status; else report (message, SQLSTATE), clear, false. */
 static bool
 check_result(const char *who, const char *what, PGconn *conn, PGresult *res,
 			 ExecStatusType expected)
@@ -336,6 +335,14 @@ check_result(const char *who, const char *what, PGconn *conn, PGresult *res,
 			  state ? state : "none", detail ? "\nDETAIL: " : "", detail ? detail : "");
 	PQclear(res);
 	return false;
+}
+
+/* Notice processor that drops notices (e.g. "queue already exists"). */
+static void
+ignore_notice(void *arg, const char *message)
+{
+	(void) arg;
+	(void) message;
 }
 
 /* Open a connection with the user's conninfo; NULL (reported) on failure. */
@@ -360,6 +367,7 @@ connect_db(const char *who)
 		PQfinish(conn);
 		return NULL;
 	}
+	PQsetNoticeProcessor(conn, ignore_notice, NULL);
 	return conn;
 }
 
@@ -434,7 +442,7 @@ record_delivery(MsgState *m, const Delivery *d, int64_t recv_us)
 	return dup;
 }
 
-/* Add one latency sample (µs) to a histogram. */
+/* Add one latency sample (us) to a histogram. */
 static void
 hist_add(Histogram *h, int64_t us)
 {
@@ -457,8 +465,7 @@ hist_merge(Histogram *dst, const Histogram *src)
 		dst->max_us = src->max_us;
 }
 
-/* Latency in ms at quantile q: bucket's geometric middle, capped by max
- * (the last bucket, beyond 1000 s, reports the max). */
+/* Latency (ms) at quantile q: bucket's geometric middle, capped by max. */
 static double
 hist_quantile_ms(const Histogram *h, double q)
 {
@@ -899,8 +906,7 @@ start_workers(void)
 	return workers;
 }
 
-/* Produce for the duration, then drain until all consumed or timeout;
- * sets the start, end-of-producing and end times (monotonic µs). */
+/* Produce for the duration, then drain until all consumed or timed out. */
 static void
 run_loop(int64_t *t0, int64_t *produce_end, int64_t *done_at)
 {
