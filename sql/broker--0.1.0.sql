@@ -16,7 +16,9 @@ CREATE TABLE broker.queue_defs (
                       CHECK (max_message_size BETWEEN 1 AND 1048576),
     default_ttl       interval CHECK (default_ttl OPERATOR(pg_catalog.>) '0'::interval),
     max_deliveries    integer CHECK (max_deliveries OPERATOR(pg_catalog.>=) 1),
-    dead_letter_id    integer REFERENCES broker.queue_defs (queue_id),
+    -- Kept valid by create_queue/drop_queue under the queues' locks (a
+    -- foreign key here would make pg_dump warn about a circular reference).
+    dead_letter_id    integer,
     created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
     CHECK (dead_letter_id OPERATOR(pg_catalog.<>) queue_id)
 );
@@ -70,6 +72,12 @@ CREATE VIEW broker.queues AS
       LEFT JOIN broker.queue_defs d
         ON d.queue_id OPERATOR(pg_catalog.=) q.dead_letter_id
      WHERE q.kind OPERATOR(pg_catalog.=) 'q';
+
+-- Queues and messages are user data: pg_dump dumps them.
+SELECT pg_catalog.pg_extension_config_dump('broker.queue_defs', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.messages', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.queue_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.message_id_seq', '');
 
 -- Only the broker's functions touch the tables; they run as the extension
 -- owner (SECURITY DEFINER) and every statement they run is fully schema

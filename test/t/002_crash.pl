@@ -21,6 +21,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Cwd ();
 use IPC::Run;
 use Time::HiRes qw(usleep);
 
@@ -112,7 +113,7 @@ for (;;)
 # data directory (the postmaster and all its children, and nothing else).
 sub node_pids
 {
-	my $datadir = $node->data_dir;
+	my $datadir = Cwd::abs_path($node->data_dir);
 	my @pids;
 	opendir(my $dh, '/proc') or die "cannot read /proc: $!";
 	for my $pid (grep { /^\d+$/ } readdir $dh)

@@ -185,7 +185,7 @@ finish_pgbench($c);
 my $left = drain('q1');
 my $during = $n1 - $left;
 note "phase 1: $during consumed by the consumers, $left drained afterwards";
-cmp_ok($during, '>', $n1 / 10,
+cmp_ok($during, '>=', 1000,
 	'phase 1: the concurrent consumers did a real share of the work');
 check_exactly_once('q1', $n1, 'phase 1');
 
@@ -219,7 +219,7 @@ is( $node->safe_psql(
 $left = drain('q2');
 $during = $n2 - $left;
 note "phase 2: $during consumed by the consumers, $left drained afterwards";
-cmp_ok($during, '>', $n2 / 10,
+cmp_ok($during, '>=', 1000,
 	'phase 2: the concurrent consumers did a real share of the work');
 check_exactly_once('q2', $n2, 'phase 2');
 
