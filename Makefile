@@ -3,7 +3,7 @@ EXTENSION   = broker
 EXTVERSION  = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big  = broker
 OBJS        = src/broker.o src/shmem.o src/catalog.o src/queue.o \
-              src/enqueue.o src/dequeue.o src/ack.o src/metrics.o
+              src/enqueue.o src/dequeue.o src/ack.o src/metrics.o src/stats.o src/worker.o
 DATA        = $(wildcard sql/$(EXTENSION)--*.sql)
 PG_CFLAGS   = -Wall -Wextra
 # The server headers are system headers to us: -Wextra stays about our code.
@@ -23,6 +23,9 @@ EXTRA_CLEAN = tmp_check_regress tmp_check_iso results output_iso regression.* \
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# Every object depends on the shared header (PGXS tracks no header deps).
+$(OBJS): src/broker.h
 
 # PGXS's installcheck runs pg_regress and the isolation tests against the
 # temp instances above; prove_installcheck runs the TAP tests.

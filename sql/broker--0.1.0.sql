@@ -49,6 +49,12 @@ CREATE TABLE broker.messages (
 ) WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.01,
         autovacuum_vacuum_insert_scale_factor = 0.01);
 
+-- The background worker finds expired messages through this index.  It is
+-- partial (messages without a ttl are not in it), and expires_at is never
+-- updated after the insert, so leases stay HOT updates.
+CREATE INDEX messages_expiry ON broker.messages (expires_at)
+    WHERE expires_at IS NOT NULL;
+
 CREATE TYPE broker.message AS (
     id              bigint,
     payload         jsonb,
@@ -176,9 +182,49 @@ RETURNS TABLE(queue text, ready bigint, leased bigint, delayed bigint,
 AS 'MODULE_PATHNAME', 'broker_metrics'
 LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
+CREATE FUNCTION broker.waiters(queue text DEFAULT NULL)
+RETURNS TABLE(queue text, waiting integer, wakeups bigint, empty_wakeups bigint)
+AS 'MODULE_PATHNAME', 'broker_waiters'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
+
+CREATE FUNCTION broker._consumers()
+RETURNS TABLE(consumer text, queue_id integer, delivered bigint, deleted bigint,
+              last_seen timestamptz)
+AS 'MODULE_PATHNAME', 'broker_consumers'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
+
+-- Per-consumer history since server start (shared memory, bounded by
+-- broker.max_consumers; see docs/api.md).
+CREATE VIEW broker.consumers AS
+    SELECT c.consumer, q.name AS queue, c.delivered, c.deleted, c.last_seen
+      FROM broker._consumers() c
+      LEFT JOIN broker.queue_defs q ON q.queue_id OPERATOR(pg_catalog.=) c.queue_id;
+GRANT SELECT ON broker.consumers TO PUBLIC;
+
 -- Administration is not for everyone: the owner grants it.
 REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval,
                                                integer, text, boolean),
                            broker.drop_queue(text, boolean),
                            broker.purge_queue(text)
     FROM PUBLIC;
+
+-- Background worker (issue #3) ----------------------------------------------
+
+-- One reaping pass now, in the caller's transaction: deletes the messages
+-- of the queue (every queue when NULL) that have expired, skipping rows
+-- other transactions hold, and returns how many it deleted.
+CREATE FUNCTION broker.reap(queue text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'broker_reap'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
+
+-- One row per running reaper (every database), or one row with NULL worker
+-- columns when there is none; "preloaded" tells whether the library is in
+-- shared_preload_libraries.
+CREATE FUNCTION broker.health()
+RETURNS TABLE(database name, pid integer, state text,
+              last_pass_at timestamptz, last_pass_duration interval,
+              removed_total bigint, library_version text,
+              extension_version text, preloaded boolean)
+AS 'MODULE_PATHNAME', 'broker_health'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;

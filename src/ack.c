@@ -145,6 +145,7 @@ broker_release(PG_FUNCTION_ARGS)
 	BrokerQueue q;
 	Interval   *delay = PG_ARGISNULL(3) ? NULL : PG_GETARG_INTERVAL_P(3);
 	bool		done;
+	TimestampTz vt = 0;
 
 	BrokerRequireArg(fcinfo, 2, "receipt");
 	if (delay != NULL && BrokerIntervalIsNegative(delay))
@@ -152,7 +153,11 @@ broker_release(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("delay must not be negative")));
 	ack_queue(fcinfo, &q);
-	done = set_vt(fcinfo, &q, PLAN_RELEASE, delay, NULL);
+	done = set_vt(fcinfo, &q, PLAN_RELEASE, delay, &vt);
+	if (done && delay != NULL && BrokerIntervalIsPositive(delay))
+		BrokerNoteDue(q.queue_id, vt);
+	else if (done)
+		BrokerCount(q.queue_id, BROKER_COUNT_READY, 1);
 	BrokerSPIFinish();
 	PG_RETURN_BOOL(done);
 }

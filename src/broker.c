@@ -16,6 +16,7 @@
 #include "utils/guc.h"
 
 #include "broker.h"
+#include "worker.h"
 
 PG_MODULE_MAGIC;
 
@@ -38,6 +39,15 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	DefineCustomStringVariable("broker.consumer",
+							   "Name this session's dequeues and deletes are attributed to.",
+							   "Shown in broker.consumers; empty means application_name.",
+							   &broker_consumer_name,
+							   "",
+							   PGC_USERSET,
+							   0,
+							   NULL, NULL, NULL);
+
 	/*
 	 * A PGC_POSTMASTER setting can only be defined while the postmaster
 	 * loads us; loaded later (no preload), there is no shared memory to
@@ -54,10 +64,31 @@ _PG_init(void)
 								0,
 								NULL, NULL, NULL);
 
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("broker.max_consumers",
+								"Maximum number of (consumer, queue) pairs in the consumer history.",
+								"When full, the pair seen longest ago is recycled.",
+								&broker_max_consumers,
+								1024, 16, 1000000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
+	DefineCustomStringVariable("broker.databases",
+							   "Databases whose expired messages the background worker removes.",
+							   "A comma-separated list of database names; empty means every "
+							   "database that allows connections and is not a template.",
+							   &broker_databases,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_LIST_INPUT,
+							   BrokerCheckDatabases, NULL, NULL);
+
 	MarkGUCPrefixReserved("broker");
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 
 	BrokerShmemInit();
+	BrokerWorkerInit();
 }

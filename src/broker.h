@@ -70,6 +70,7 @@ typedef enum BrokerPlanId
 	PLAN_ENQUEUE_BATCH,
 	PLAN_DEQUEUE,
 	PLAN_LWM_PROBE,
+	PLAN_NEXT_DUE,
 	PLAN_DELETE,
 	PLAN_DELETE_RECEIPT,
 	PLAN_DELETE_MANY,
@@ -118,15 +119,23 @@ typedef struct BrokerQueueKey
 typedef struct BrokerQueueState
 {
 	BrokerQueueKey key;
-	slock_t		mutex;			/* protects refreshing, last_refresh */
+	slock_t		mutex;			/* protects refreshing, last_refresh,
+								 * timekeeper */
 	bool		refreshing;
 	TimestampTz last_refresh;
+	int			timekeeper;		/* pgprocno of the waiter that sleeps until
+								 * next_due, or -1 */
+	TimestampTz keeper_due;		/* the next_due it sleeps toward */
 	pg_atomic_uint64 lwm;
 	pg_atomic_uint64 enqueued_total;
 	pg_atomic_uint64 deleted_total;
 	pg_atomic_uint64 expired_total;
 	pg_atomic_uint64 dead_lettered_total;
 	ConditionVariable cv;		/* long-poll waiters sleep here */
+	pg_atomic_uint64 next_due;	/* earliest known future vt, or PG_INT64_MAX */
+	pg_atomic_uint32 waiters;	/* backends sleeping on cv now */
+	pg_atomic_uint64 wakeups;	/* times a waiter woke up */
+	pg_atomic_uint64 empty_wakeups; /* ... and found nothing to take */
 } BrokerQueueState;
 
 /* What a transaction did to a queue, made public when it commits. */
@@ -136,8 +145,13 @@ typedef enum BrokerCounter
 	BROKER_COUNT_DELETED,
 	BROKER_COUNT_EXPIRED,
 	BROKER_COUNT_DEAD_LETTERED,
+	BROKER_COUNT_DELIVERED,		/* leases taken (consumer history) */
+	BROKER_COUNT_READY,			/* made deliverable now: wake waiters */
 	BROKER_NUM_COUNTERS
 } BrokerCounter;
+
+/* No event due: the value of BrokerQueueState.next_due. */
+#define BROKER_NO_DUE	PG_INT64_MAX
 
 extern void BrokerShmemInit(void);
 extern void BrokerRequireSharedMemory(void);
@@ -148,6 +162,16 @@ extern void BrokerCount(int32 queue_id, BrokerCounter counter, int64 n);
 extern void BrokerNoteDeleted(void);
 extern void BrokerMaybeRefreshLwm(int32 queue_id, BrokerQueueState *state);
 extern void BrokerNoteDroppedQueue(int32 queue_id);
+extern void BrokerNoteDue(int32 queue_id, TimestampTz due);
+extern void BrokerLowerNextDue(BrokerQueueState *state, TimestampTz due);
+
+/* --- consumer history (stats.c) --- */
+extern char *broker_consumer_name;
+extern int	broker_max_consumers;
+extern Size BrokerStatsShmemSize(void);
+extern void BrokerStatsShmemInit(void);
+extern void BrokerConsumerCount(Oid defs_relid, int32 queue_id,
+								int64 delivered, int64 deleted);
 
 /* --- enqueue.c --- */
 extern int64 BrokerEnqueueOne(const BrokerQueue *q, Jsonb *payload,

@@ -143,6 +143,14 @@ static const BrokerPlanDef plan_defs[BROKER_NUM_PLANS] = {
 		" ORDER BY m.id LIMIT 1",
 		2, {INT4OID, INT8OID}
 	},
+	/* When does the next leased or delayed message become deliverable? */
+	[PLAN_NEXT_DUE] = {
+		"SELECT pg_catalog.min(m.vt) FROM broker.messages m"
+		" WHERE m.queue_id " OP("=") " $1 AND m.id " OP(">=") " $2"
+		"   AND m.vt " OP(">") " $3"
+		"   AND (m.expires_at IS NULL OR m.expires_at " OP(">") " m.vt)",
+		3, {INT4OID, INT8OID, TIMESTAMPTZOID}
+	},
 	[PLAN_DELETE] = {
 		"DELETE FROM broker.messages m"
 		" WHERE m.queue_id " OP("=") " $1 AND m.id " OP("=") " $2",
@@ -163,7 +171,8 @@ static const BrokerPlanDef plan_defs[BROKER_NUM_PLANS] = {
 	[PLAN_RELEASE] = {
 		"UPDATE broker.messages m SET vt = $4, receipt = NULL"
 		" WHERE m.queue_id " OP("=") " $1 AND m.id " OP("=") " $2"
-		"   AND m.receipt " OP("=") " $3",
+		"   AND m.receipt " OP("=") " $3"
+		" RETURNING m.vt",
 		4, {INT4OID, INT8OID, INT8OID, TIMESTAMPTZOID}
 	},
 	[PLAN_EXTEND] = {

@@ -16,12 +16,23 @@
  * the transaction start: a lease runs for its full length from when it is
  * taken, and a long-polling call sees delays and leases run out.
  *
- * Waiting: the backend sleeps on the queue's condition variable, which a
- * committing producer signals once per message it enqueued (shmem.c).  It
- * prepares to sleep before it looks, so a commit between the look and the
- * sleep is not missed.  The sleep is bounded by the remaining wait and by
- * BROKER_POLL_MS, so messages whose delay or lease runs out during the
- * wait are found too; statement_timeout and pg_cancel_backend interrupt it.
+ * Waiting: the backend sleeps on the queue's condition variable.  A
+ * committing producer signals it once per message that became deliverable
+ * (a one-message commit wakes one waiter, not all); a rolled-back dequeue
+ * signals for the messages it gave back.  Messages that become deliverable
+ * by the clock — a delay or a lease running out — are announced through
+ * the queue's next_due time in shared memory: every transaction that
+ * writes a future vt lowers it at commit (waking the waiters so they can
+ * sleep less), and a waiter sleeps exactly until min(its deadline,
+ * next_due).  A waiter that wakes at next_due and finds nothing computes
+ * the next due time from the table.  The backend prepares to sleep before
+ * it looks, so a commit between the look and the sleep is not missed.
+ * statement_timeout, pg_cancel_backend and postmaster death end the wait.
+ *
+ * While it sleeps the backend does not hold the xmin horizon: it clears
+ * MyProc->xmin (READ COMMITTED only; see docs/design.md, "Waiting", for
+ * why this is safe for a dequeue and what a statement that waits must not
+ * do afterwards).  Every look takes a new snapshot.
  *
  *-------------------------------------------------------------------------
  */
@@ -32,14 +43,15 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "access/xact.h"
 #include "storage/lmgr.h"
+#include "storage/proc.h"
+#include "utils/snapmgr.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 
 #include "broker.h"
 
-/* Longest single sleep of a waiting dequeue (ms). */
-#define BROKER_POLL_MS	250
 
 PG_FUNCTION_INFO_V1(broker_dequeue);
 
@@ -138,10 +150,125 @@ take_messages(const BrokerQueue *q, BrokerQueueState *state, int limit,
 		delivered++;
 	}
 
+	if (delivered > 0)
+	{
+		BrokerCount(q->queue_id, BROKER_COUNT_DELIVERED, delivered);
+		BrokerNoteDue(q->queue_id, DatumGetTimestampTz(values[4]));
+	}
 	if (ndead > 0)
 		dead_letter(q, dead, ndead);
 	*ndead_out = ndead;
 	return delivered;
+}
+
+/*
+ * Nothing was deliverable at "now" although next_due said something would
+ * be: find the real next due time in the table (only the backend that
+ * claims the stale value does it).
+ */
+static void
+refresh_next_due(const BrokerQueue *q, BrokerQueueState *state,
+				 TimestampTz stale, TimestampTz now)
+{
+	uint64		expected = (uint64) stale;
+	Datum		values[3];
+	int			rc;
+	bool		isnull;
+	Datum		d;
+
+	if (!pg_atomic_compare_exchange_u64(&state->next_due, &expected,
+										(uint64) BROKER_NO_DUE))
+		return;
+	values[0] = Int32GetDatum(q->queue_id);
+	values[1] = Int64GetDatum((int64) pg_atomic_read_u64(&state->lwm));
+	values[2] = TimestampTzGetDatum(now);
+	rc = SPI_execute_plan(BrokerPlan(PLAN_NEXT_DUE), values, NULL, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "broker: next-due lookup failed: %s", SPI_result_code_string(rc));
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		BrokerLowerNextDue(state, DatumGetTimestampTz(d));
+}
+
+/*
+ * Sleep on the queue until woken or the deadline.  One waiter per queue,
+ * the timekeeper, sleeps no longer than next_due; the others sleep until
+ * their deadlines and are woken one at a time, by commits or when
+ * next_due moves earlier than what the timekeeper sleeps toward (the one
+ * woken then takes over).  The backend does not hold back the xmin
+ * horizon while it sleeps (READ COMMITTED).
+ */
+static bool
+sleep_on_queue(BrokerQueueState *state, TimestampTz now, TimestampTz deadline)
+{
+	volatile bool keeper = false;
+	volatile long timeout_ms;
+	TimestampTz until = deadline;
+	TimestampTz due = (TimestampTz) pg_atomic_read_u64(&state->next_due);
+
+	SpinLockAcquire(&state->mutex);
+	if (due != BROKER_NO_DUE &&
+		(state->timekeeper < 0 || state->keeper_due > due))
+	{
+		state->timekeeper = MyProc->pgprocno;
+		state->keeper_due = due;
+		keeper = true;
+		until = Min(deadline, due);
+	}
+	SpinLockRelease(&state->mutex);
+
+	if (!IsolationUsesXactSnapshot())
+	{
+		InvalidateCatalogSnapshot();
+		MyProc->xmin = InvalidTransactionId;
+	}
+	timeout_ms = until > now ? Max((long) ((until - now + 999) / 1000), 1) : 0;
+	pg_atomic_fetch_add_u32(&state->waiters, 1);
+	PG_TRY();
+	{
+		if (timeout_ms > 0)
+			(void) ConditionVariableTimedSleep(&state->cv, timeout_ms,
+											   PG_WAIT_EXTENSION);
+	}
+	PG_FINALLY();
+	{
+		pg_atomic_fetch_sub_u32(&state->waiters, 1);
+		if (keeper)
+		{
+			SpinLockAcquire(&state->mutex);
+			if (state->timekeeper == MyProc->pgprocno)
+			{
+				state->timekeeper = -1;
+				state->keeper_due = BROKER_NO_DUE;
+			}
+			SpinLockRelease(&state->mutex);
+		}
+	}
+	PG_END_TRY();
+	pg_atomic_fetch_add_u64(&state->wakeups, 1);
+	return keeper;
+}
+
+/*
+ * A waiter is leaving with messages.  If it kept time and took a full
+ * batch, more messages may have become due at once; if something is due
+ * and nobody keeps time, someone must: wake one other waiter in either
+ * case.  (Messages made deliverable by commits wake waiters themselves.)
+ */
+static void
+hand_over(BrokerQueueState *state, bool full_batch)
+{
+	bool		keeperless;
+
+	if (pg_atomic_read_u32(&state->waiters) == 0)
+		return;
+	SpinLockAcquire(&state->mutex);
+	keeperless = state->timekeeper < 0;
+	SpinLockRelease(&state->mutex);
+	if (full_batch ||
+		(keeperless &&
+		 (TimestampTz) pg_atomic_read_u64(&state->next_due) != BROKER_NO_DUE))
+		ConditionVariableSignal(&state->cv);
 }
 
 /* broker.dequeue(queue, max_messages, lease, wait) */
@@ -157,6 +284,8 @@ broker_dequeue(PG_FUNCTION_ARGS)
 	BrokerQueueState *state;
 	TimestampTz deadline = 0;
 	bool		waiting;
+	bool		woken = false;
+	bool		was_keeper = false;
 	int			delivered = 0;
 
 	BrokerRequireArg(fcinfo, 1, "max_messages");
@@ -190,13 +319,19 @@ broker_dequeue(PG_FUNCTION_ARGS)
 		ConditionVariablePrepareToSleep(&state->cv);
 	}
 
-	BrokerMaybeRefreshLwm(q.queue_id, state);
+	/*
+	 * The refresh may assign this transaction an xid (nextval logs every
+	 * 32 calls); a waiter must not hold one while it sleeps, so it
+	 * refreshes after its wait.
+	 */
+	if (!waiting)
+		BrokerMaybeRefreshLwm(q.queue_id, state);
 
 	for (;;)
 	{
 		int			ndead;
-		long		timeout_ms;
 		TimestampTz now;
+		TimestampTz due;
 
 		CHECK_FOR_INTERRUPTS();
 		delivered += take_messages(&q, state, max_messages - delivered, lease,
@@ -206,17 +341,30 @@ broker_dequeue(PG_FUNCTION_ARGS)
 			continue;
 		if (delivered > 0 || !waiting)
 			break;
+		if (woken)
+			pg_atomic_fetch_add_u64(&state->empty_wakeups, 1);
 		now = GetCurrentTimestamp();
 		if (now >= deadline)
 			break;
-		timeout_ms = (long) ((deadline - now + 999) / 1000);
-		if (timeout_ms > BROKER_POLL_MS)
-			timeout_ms = BROKER_POLL_MS;
-		(void) ConditionVariableTimedSleep(&state->cv, timeout_ms,
-										   PG_WAIT_EXTENSION);
+		due = (TimestampTz) pg_atomic_read_u64(&state->next_due);
+		if (due <= now)
+		{
+			/* What was due has been taken, or is gone: find the next. */
+			refresh_next_due(&q, state, due, now);
+			due = (TimestampTz) pg_atomic_read_u64(&state->next_due);
+			if (due <= now)
+				continue;
+		}
+		was_keeper = sleep_on_queue(state, now, deadline);
+		woken = true;
 	}
+	if (woken)
+		hand_over(state, was_keeper && delivered == max_messages);
 	if (waiting)
+	{
 		ConditionVariableCancelSleep();
+		BrokerMaybeRefreshLwm(q.queue_id, state);
+	}
 
 	BrokerSPIFinish();
 	return (Datum) 0;

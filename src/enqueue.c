@@ -78,6 +78,10 @@ BrokerEnqueueOne(const BrokerQueue *q, Jsonb *payload, Jsonb *headers,
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "broker: enqueue failed: %s", SPI_result_code_string(rc));
 	BrokerCount(q->queue_id, BROKER_COUNT_ENQUEUED, 1);
+	if (vt > now)
+		BrokerNoteDue(q->queue_id, vt);
+	else
+		BrokerCount(q->queue_id, BROKER_COUNT_READY, 1);
 	return id;
 }
 
@@ -222,6 +226,10 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 	if (rc != SPI_OK_INSERT || SPI_processed != (uint64) n)
 		elog(ERROR, "broker: batch enqueue failed: %s", SPI_result_code_string(rc));
 	BrokerCount(q.queue_id, BROKER_COUNT_ENQUEUED, n);
+	if (t.vt > t.now)
+		BrokerNoteDue(q.queue_id, t.vt);
+	else
+		BrokerCount(q.queue_id, BROKER_COUNT_READY, n);
 	BrokerSPIFinish();
 
 	for (int i = 0; i < n; i++)

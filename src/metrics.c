@@ -74,3 +74,52 @@ broker_metrics(PG_FUNCTION_ARGS)
 	BrokerSPIFinish();
 	return (Datum) 0;
 }
+
+PG_FUNCTION_INFO_V1(broker_waiters);
+
+/*
+ * broker.waiters(queue): long-polling backends now, and how often waiters
+ * woke up (empty_wakeups: woke and found nothing, the cost of a herd).
+ */
+Datum
+broker_waiters(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Datum		values[2];
+	char		nulls[2] = {'n', ' '};
+	int			rc;
+
+	BrokerRequireSharedMemory();
+	InitMaterializedSRF(fcinfo, 0);
+	BrokerSPIConnect();
+	if (!PG_ARGISNULL(0))
+	{
+		BrokerQueue q;
+
+		BrokerLookupQueue(BrokerQueueArg(fcinfo, 0), false, &q);
+		values[0] = Int32GetDatum(q.queue_id);
+		nulls[0] = ' ';
+	}
+	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	rc = SPI_execute_plan(BrokerPlan(PLAN_METRICS), values, nulls, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "broker: waiters failed: %s", SPI_result_code_string(rc));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		bool		isnull;
+		int32		queue_id = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc,
+														   1, &isnull));
+		BrokerQueueState *state = BrokerQueueStateGet(queue_id, false);
+		Datum		out[4];
+		bool		outnull[4] = {false, false, false, false};
+
+		out[0] = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
+		out[1] = Int32GetDatum(state ? (int32) pg_atomic_read_u32(&state->waiters) : 0);
+		out[2] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->wakeups) : 0);
+		out[3] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->empty_wakeups) : 0);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnull);
+	}
+	BrokerSPIFinish();
+	return (Datum) 0;
+}

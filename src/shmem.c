@@ -60,6 +60,7 @@
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 
@@ -101,6 +102,7 @@ typedef struct BrokerPending
 	SubTransactionId subid;
 	bool		dropped;
 	int64		counts[BROKER_NUM_COUNTERS];
+	TimestampTz min_due;		/* earliest future vt written, or BROKER_NO_DUE */
 } BrokerPending;
 
 static BrokerShared *broker_shared = NULL;
@@ -146,6 +148,7 @@ broker_shmem_size(void)
 					mul_size(MaxBackends, sizeof(BrokerBackendSlot)));
 	size = add_size(size, hash_estimate_size(broker_max_queues,
 											 sizeof(BrokerQueueState)));
+	size = add_size(size, BrokerStatsShmemSize());
 	return size;
 }
 
@@ -156,7 +159,7 @@ broker_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(broker_shmem_size());
-	RequestNamedLWLockTranche("broker", 1);
+	RequestNamedLWLockTranche("broker", 2);	/* queue states, consumers */
 }
 
 /* shmem_startup_hook: create or attach to the shared structures. */
@@ -196,6 +199,7 @@ broker_shmem_startup(void)
 	broker_queue_hash = ShmemInitHash("broker queue states",
 									  broker_max_queues, broker_max_queues,
 									  &info, HASH_ELEM | HASH_BLOBS);
+	BrokerStatsShmemInit();
 
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -278,6 +282,12 @@ BrokerQueueStateGet(int32 queue_id, bool create)
 		pg_atomic_init_u64(&state->expired_total, 0);
 		pg_atomic_init_u64(&state->dead_lettered_total, 0);
 		ConditionVariableInit(&state->cv);
+		pg_atomic_init_u64(&state->next_due, (uint64) BROKER_NO_DUE);
+		state->timekeeper = -1;
+		state->keeper_due = BROKER_NO_DUE;
+		pg_atomic_init_u32(&state->waiters, 0);
+		pg_atomic_init_u64(&state->wakeups, 0);
+		pg_atomic_init_u64(&state->empty_wakeups, 0);
 	}
 	LWLockRelease(broker_shared->lock);
 	return state;
@@ -313,6 +323,7 @@ pending_entry(int32 queue_id)
 	p->defs_relid = BrokerGetRels()->queue_defs;
 	p->queue_id = queue_id;
 	p->subid = subid;
+	p->min_due = BROKER_NO_DUE;
 	return p;
 }
 
@@ -326,6 +337,44 @@ BrokerCount(int32 queue_id, BrokerCounter counter, int64 n)
 	BrokerRequireSharedMemory();
 	if (n != 0)
 		pending_entry(queue_id)->counts[counter] += n;
+}
+
+/*
+ * Remember that this transaction wrote a message that becomes deliverable
+ * at "due" (a delay or a lease): waiters must wake then.
+ */
+void
+BrokerNoteDue(int32 queue_id, TimestampTz due)
+{
+	BrokerPending *p;
+
+	if (!BrokerSharedMemoryReady())
+		return;
+	BrokerRequireSharedMemory();
+	p = pending_entry(queue_id);
+	if (due < p->min_due)
+		p->min_due = due;
+}
+
+/*
+ * Lower a queue's next due time.  If it moved earlier, the waiter keeping
+ * time may sleep too long: wake one waiter, which takes over keeping time
+ * (see sleep_on_queue in dequeue.c).  Never more than one is woken.
+ */
+void
+BrokerLowerNextDue(BrokerQueueState *state, TimestampTz due)
+{
+	uint64		cur = pg_atomic_read_u64(&state->next_due);
+
+	while ((int64) cur > due)
+	{
+		if (pg_atomic_compare_exchange_u64(&state->next_due, &cur, (uint64) due))
+		{
+			if (pg_atomic_read_u32(&state->waiters) > 0)
+				ConditionVariableSignal(&state->cv);
+			break;
+		}
+	}
 }
 
 /* Remember that this transaction deleted messages (see the lwm protocol). */
@@ -526,6 +575,53 @@ BrokerMaybeRefreshLwm(int32 queue_id, BrokerQueueState *state)
 	PG_END_TRY();
 }
 
+/* Wake up to n waiters of a queue: one each, or all for a big batch. */
+static void
+wake_waiters(BrokerQueueState *state, int64 n)
+{
+	if (n <= 0 || pg_atomic_read_u32(&state->waiters) == 0)
+		return;
+	if (n >= 16)
+		ConditionVariableBroadcast(&state->cv);
+	else
+		for (int64 i = 0; i < n; i++)
+			ConditionVariableSignal(&state->cv);
+}
+
+/* The shared state of a pending entry's queue (caller holds the LWLock). */
+static BrokerQueueState *
+pending_state(BrokerPending *p)
+{
+	BrokerQueueKey key;
+
+	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
+	key.defs_relid = p->defs_relid;
+	key.queue_id = p->queue_id;
+	return hash_search(broker_queue_hash, &key, HASH_FIND, NULL);
+}
+
+/*
+ * Wake the waiters of messages that a rolled-back transaction (or
+ * savepoint) had leased: they are deliverable again at once.
+ */
+static void
+wake_for_rollback(BrokerPending *entries, int n)
+{
+	LWLockAcquire(broker_shared->lock, LW_SHARED);
+	for (int i = 0; i < n; i++)
+	{
+		BrokerQueueState *state;
+
+		if (entries[i].counts[BROKER_COUNT_DELIVERED] == 0)
+			continue;
+		state = pending_state(&entries[i]);
+		if (state != NULL)
+			wake_waiters(state, entries[i].counts[BROKER_COUNT_DELIVERED]);
+	}
+	LWLockRelease(broker_shared->lock);
+}
+
 /* Publish counters, wake waiters and forget dropped queues at commit. */
 static void
 publish_pending(void)
@@ -534,35 +630,39 @@ publish_pending(void)
 	for (int i = 0; i < npending; i++)
 	{
 		BrokerPending *p = &pending[i];
-		BrokerQueueKey key;
 		BrokerQueueState *state;
-		int64		enq = p->counts[BROKER_COUNT_ENQUEUED];
 
 		if (p->dropped)
 			continue;
-		memset(&key, 0, sizeof(key));
-		key.dbid = MyDatabaseId;
-		key.defs_relid = p->defs_relid;
-		key.queue_id = p->queue_id;
-		state = hash_search(broker_queue_hash, &key, HASH_FIND, NULL);
+		state = pending_state(p);
 		if (state == NULL)
 			continue;
-		pg_atomic_fetch_add_u64(&state->enqueued_total, enq);
+		pg_atomic_fetch_add_u64(&state->enqueued_total,
+								p->counts[BROKER_COUNT_ENQUEUED]);
 		pg_atomic_fetch_add_u64(&state->deleted_total,
 								p->counts[BROKER_COUNT_DELETED]);
 		pg_atomic_fetch_add_u64(&state->expired_total,
 								p->counts[BROKER_COUNT_EXPIRED]);
 		pg_atomic_fetch_add_u64(&state->dead_lettered_total,
 								p->counts[BROKER_COUNT_DEAD_LETTERED]);
-
 		/* One new message wakes one waiter; a big batch wakes them all. */
-		if (enq >= 16)
-			ConditionVariableBroadcast(&state->cv);
-		else
-			for (int64 n = 0; n < enq; n++)
-				ConditionVariableSignal(&state->cv);
+		wake_waiters(state, p->counts[BROKER_COUNT_READY]);
+		if (p->min_due != BROKER_NO_DUE)
+			BrokerLowerNextDue(state, p->min_due);
 	}
 	LWLockRelease(broker_shared->lock);
+
+	for (int i = 0; i < npending; i++)
+	{
+		BrokerPending *p = &pending[i];
+
+		if (!p->dropped &&
+			(p->counts[BROKER_COUNT_DELIVERED] > 0 ||
+			 p->counts[BROKER_COUNT_DELETED] > 0))
+			BrokerConsumerCount(p->defs_relid, p->queue_id,
+								p->counts[BROKER_COUNT_DELIVERED],
+								p->counts[BROKER_COUNT_DELETED]);
+	}
 
 	for (int i = 0; i < npending; i++)
 	{
@@ -613,6 +713,11 @@ broker_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+			if (npending > 0 && broker_shared != NULL)
+				wake_for_rollback(pending, npending);
+			clear_registrations();
+			reset_xact_state();
+			break;
 		case XACT_EVENT_PREPARE:
 			clear_registrations();
 			reset_xact_state();
@@ -638,6 +743,8 @@ broker_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			{
 				if (pending[i].subid != mySubid)
 					pending[j++] = pending[i];
+				else
+					wake_for_rollback(&pending[i], 1);
 			}
 			npending = j;
 			break;
