@@ -198,7 +198,8 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 CREATE VIEW broker.consumers AS
     SELECT c.consumer, q.name AS queue, c.delivered, c.deleted, c.last_seen
       FROM broker._consumers() c
-      LEFT JOIN broker.queue_defs q ON q.queue_id OPERATOR(pg_catalog.=) c.queue_id;
+      LEFT JOIN broker.queue_defs q ON q.queue_id OPERATOR(pg_catalog.=) c.queue_id
+     WHERE q.queue_id IS NOT NULL OR c.queue_id IS NULL;
 GRANT SELECT ON broker.consumers TO PUBLIC;
 
 -- Administration is not for everyone: the owner grants it.

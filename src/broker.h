@@ -172,6 +172,7 @@ extern Size BrokerStatsShmemSize(void);
 extern void BrokerStatsShmemInit(void);
 extern void BrokerConsumerCount(Oid defs_relid, int32 queue_id,
 								int64 delivered, int64 deleted);
+extern void BrokerConsumerForgetQueue(Oid defs_relid, int32 queue_id);
 
 /* --- enqueue.c --- */
 extern int64 BrokerEnqueueOne(const BrokerQueue *q, Jsonb *payload,

@@ -677,6 +677,7 @@ publish_pending(void)
 		LWLockAcquire(broker_shared->lock, LW_EXCLUSIVE);
 		hash_search(broker_queue_hash, &key, HASH_REMOVE, NULL);
 		LWLockRelease(broker_shared->lock);
+		BrokerConsumerForgetQueue(pending[i].defs_relid, pending[i].queue_id);
 	}
 }
 

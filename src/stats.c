@@ -170,6 +170,27 @@ BrokerConsumerCount(Oid defs_relid, int32 queue_id, int64 delivered,
 	LWLockRelease(consumer_shared->lock);
 }
 
+/* Forget the history of a dropped queue (from the commit callback). */
+void
+BrokerConsumerForgetQueue(Oid defs_relid, int32 queue_id)
+{
+	HASH_SEQ_STATUS seq;
+	ConsumerEntry *e;
+
+	if (consumer_hash == NULL)
+		return;
+	LWLockAcquire(consumer_shared->lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, consumer_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		/* dynahash allows removing the entry just returned by a scan */
+		if (e->key.dbid == MyDatabaseId && e->key.defs_relid == defs_relid &&
+			e->key.queue_id == queue_id)
+			hash_search(consumer_hash, &e->key, HASH_REMOVE, NULL);
+	}
+	LWLockRelease(consumer_shared->lock);
+}
+
 /*
  * broker._consumers(): this installation's entries, by queue id; the view
  * broker.consumers adds the queue names.
