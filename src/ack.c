@@ -47,11 +47,20 @@ broker_delete(PG_FUNCTION_ARGS)
 	Datum		values[3];
 	int			rc;
 	bool		deleted;
+	BrokerLeaseMatch match;
 
 	ack_queue(fcinfo, &q);
 	values[0] = Int32GetDatum(q.queue_id);
 	values[1] = PG_GETARG_DATUM(1);
-	if (PG_ARGISNULL(2))
+	match = BrokerLeaseCheck(q.queue_id, PG_GETARG_INT64(1), !PG_ARGISNULL(2),
+							 PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2));
+	if (match == BROKER_LEASE_STALE)
+	{
+		BrokerSPIFinish();
+		PG_RETURN_BOOL(false);
+	}
+	/* A lease of this transaction: its receipt is not in the row yet. */
+	if (match == BROKER_LEASE_HELD || PG_ARGISNULL(2))
 		rc = SPI_execute_plan(BrokerPlan(PLAN_DELETE), values, NULL, false, 0);
 	else
 	{
@@ -66,6 +75,7 @@ broker_delete(PG_FUNCTION_ARGS)
 	{
 		BrokerNoteDeleted();
 		BrokerCount(q.queue_id, BROKER_COUNT_DELETED, 1);
+		BrokerLeaseDeleted(q.queue_id, PG_GETARG_INT64(1));
 	}
 	BrokerSPIFinish();
 	PG_RETURN_BOOL(deleted);
@@ -96,6 +106,7 @@ broker_delete_many(PG_FUNCTION_ARGS)
 									   SPI_tuptable->tupdesc, 1, &isnull);
 
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &id, &isnull);
+		BrokerLeaseDeleted(q.queue_id, DatumGetInt64(id));
 	}
 	if (n > 0)
 	{
@@ -153,7 +164,17 @@ broker_release(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("delay must not be negative")));
 	ack_queue(fcinfo, &q);
-	done = set_vt(fcinfo, &q, PLAN_RELEASE, delay, &vt);
+	if (BrokerLeaseCheck(q.queue_id, PG_GETARG_INT64(1), false, 0) != BROKER_LEASE_NONE)
+	{
+		/* leased by this transaction: change the lease it will write */
+		TimestampTz now = GetCurrentTimestamp();
+
+		vt = delay ? BrokerTimestampPlus(now, delay) : now;
+		done = BrokerLeaseSetVt(q.queue_id, PG_GETARG_INT64(1),
+								PG_GETARG_INT64(2), vt, true);
+	}
+	else
+		done = set_vt(fcinfo, &q, PLAN_RELEASE, delay, &vt);
 	if (done && delay != NULL && BrokerIntervalIsPositive(delay))
 		BrokerNoteDue(q.queue_id, vt);
 	else if (done)
@@ -179,7 +200,14 @@ broker_extend_lease(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("lease must be positive")));
 	ack_queue(fcinfo, &q);
-	done = set_vt(fcinfo, &q, PLAN_EXTEND, lease, &vt);
+	if (BrokerLeaseCheck(q.queue_id, PG_GETARG_INT64(1), false, 0) != BROKER_LEASE_NONE)
+	{
+		vt = BrokerTimestampPlus(GetCurrentTimestamp(), lease);
+		done = BrokerLeaseSetVt(q.queue_id, PG_GETARG_INT64(1),
+								PG_GETARG_INT64(2), vt, false);
+	}
+	else
+		done = set_vt(fcinfo, &q, PLAN_EXTEND, lease, &vt);
 	BrokerSPIFinish();
 	if (!done)
 		PG_RETURN_NULL();

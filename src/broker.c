@@ -39,6 +39,15 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("broker.defer_lease_write",
+							 "Write a dequeued message's lease at commit, and not at all if the transaction deletes it.",
+							 "Off: write the lease in the dequeue statement itself (for comparison).",
+							 &broker_defer_lease_write,
+							 true,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+
 	DefineCustomStringVariable("broker.consumer",
 							   "Name this session's dequeues and deletes are attributed to.",
 							   "Shown in broker.consumers; empty means application_name.",

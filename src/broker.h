@@ -22,6 +22,8 @@
 #include "storage/condition_variable.h"
 #include "storage/lock.h"
 #include "storage/spin.h"
+#include "storage/itemptr.h"
+#include "utils/array.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
@@ -55,6 +57,7 @@ typedef struct BrokerRels
 	Oid			messages;
 	Oid			message_id_seq;
 	Oid			queue_id_seq;
+	Oid			owner;			/* of broker.messages: the functions run as it */
 } BrokerRels;
 
 /* Every statement the extension runs, each prepared once and kept. */
@@ -71,6 +74,9 @@ typedef enum BrokerPlanId
 	PLAN_DEQUEUE,
 	PLAN_LWM_PROBE,
 	PLAN_NEXT_DUE,
+	PLAN_DEQUEUE_LOCK,
+	PLAN_DELETE_TIDS,
+	PLAN_LEASE_WRITE,
 	PLAN_DELETE,
 	PLAN_DELETE_RECEIPT,
 	PLAN_DELETE_MANY,
@@ -173,6 +179,28 @@ extern void BrokerStatsShmemInit(void);
 extern void BrokerConsumerCount(Oid defs_relid, int32 queue_id,
 								int64 delivered, int64 deleted);
 extern void BrokerConsumerForgetQueue(Oid defs_relid, int32 queue_id);
+
+/* --- leases pending until commit (lease.c) --- */
+typedef enum BrokerLeaseMatch
+{
+	BROKER_LEASE_NONE,			/* not leased by this transaction */
+	BROKER_LEASE_HELD,			/* leased by it; the receipt matches */
+	BROKER_LEASE_STALE			/* leased by it; the receipt does not match */
+} BrokerLeaseMatch;
+
+extern bool broker_defer_lease_write;
+extern void BrokerLeaseAdd(int32 queue_id, int64 id, ItemPointer tid,
+						   int32 delivery_count, int64 receipt, TimestampTz vt);
+extern BrokerLeaseMatch BrokerLeaseCheck(int32 queue_id, int64 id,
+										 bool has_receipt, int64 receipt);
+extern void BrokerLeaseDeleted(int32 queue_id, int64 id);
+extern bool BrokerLeaseSetVt(int32 queue_id, int64 id, int64 receipt,
+							 TimestampTz vt, bool release);
+extern ArrayType *BrokerLeaseIds(int32 queue_id);
+extern void BrokerLeaseFlush(void);
+extern void BrokerLeaseReset(void);
+extern void BrokerLeaseSubXactEnd(SubTransactionId mySubid,
+								  SubTransactionId parentSubid, bool commit);
 
 /* --- enqueue.c --- */
 extern int64 BrokerEnqueueOne(const BrokerQueue *q, Jsonb *payload,

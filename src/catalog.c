@@ -24,7 +24,9 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/htup_details.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -34,6 +36,7 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/syscache.h"
 
 #include "broker.h"
 
@@ -142,6 +145,38 @@ static const BrokerPlanDef plan_defs[BROKER_NUM_PLANS] = {
 		" WHERE m.queue_id " OP("=") " $1 AND m.id " OP(">=") " $2"
 		" ORDER BY m.id LIMIT 1",
 		2, {INT4OID, INT8OID}
+	},
+	/*
+	 * Deferred leases (lease.c): lock up to $4 messages from the mark on,
+	 * skipping rows other consumers hold and those this transaction already
+	 * leased ($5); the lease is written at commit by PLAN_LEASE_WRITE.
+	 */
+	[PLAN_DEQUEUE_LOCK] = {
+		"SELECT m.ctid, m.id, m.payload, m.headers, m.enqueued_at,"
+		"       m.delivery_count, m.expires_at"
+		"  FROM broker.messages m"
+		" WHERE m.queue_id " OP("=") " $1 AND m.id " OP(">=") " $2"
+		"   AND m.vt " OP("<=") " $3"
+		"   AND (m.expires_at IS NULL OR m.expires_at " OP(">") " $3)"
+		"   AND NOT (m.id " OP("=") " ANY ($5))"
+		" ORDER BY m.id"
+		" LIMIT $4"
+		" FOR UPDATE SKIP LOCKED",
+		5, {INT4OID, INT8OID, TIMESTAMPTZOID, INT4OID, INT8ARRAYOID}
+	},
+	[PLAN_DELETE_TIDS] = {
+		"DELETE FROM broker.messages m WHERE m.ctid " OP("=") " ANY ($1)"
+		" RETURNING m.id, m.payload, m.headers",
+		1, {TIDARRAYOID}
+	},
+	[PLAN_LEASE_WRITE] = {
+		"UPDATE broker.messages m"
+		"   SET vt = u.vt, delivery_count = u.dc, receipt = u.r"
+		"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+		"                  pg_catalog.unnest($3), pg_catalog.unnest($4))"
+		"       AS u(t, vt, dc, r)"
+		" WHERE m.ctid " OP("=") " u.t",
+		4, {TIDARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, INT8ARRAYOID}
 	},
 	/* When does the next leased or delayed message become deliverable? */
 	[PLAN_NEXT_DUE] = {
@@ -259,6 +294,20 @@ broker_relid(Oid nsp, const char *relname)
 	return relid;
 }
 
+/* The owner of a relation. */
+static Oid
+broker_rel_owner(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
 /* The object ids of the extension's relations in this database. */
 const BrokerRels *
 BrokerGetRels(void)
@@ -281,6 +330,7 @@ BrokerGetRels(void)
 		rels.messages = broker_relid(nsp, "messages");
 		rels.message_id_seq = broker_relid(nsp, "message_id_seq");
 		rels.queue_id_seq = broker_relid(nsp, "queue_id_seq");
+		rels.owner = broker_rel_owner(rels.messages);
 		rels_valid = true;
 	}
 	return &rels;

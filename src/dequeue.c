@@ -48,6 +48,8 @@
 #include "storage/proc.h"
 #include "utils/snapmgr.h"
 #include "utils/builtins.h"
+#include "catalog/pg_type.h"
+#include "utils/array.h"
 #include "utils/datum.h"
 
 #include "broker.h"
@@ -157,6 +159,107 @@ take_messages(const BrokerQueue *q, BrokerQueueState *state, int limit,
 	}
 	if (ndead > 0)
 		dead_letter(q, dead, ndead);
+	*ndead_out = ndead;
+	return delivered;
+}
+
+/*
+ * The deferred form of take_messages (broker.defer_lease_write, the
+ * default): lock the rows, keep their leases in backend memory (lease.c),
+ * written at commit unless the transaction deletes the messages first.
+ */
+static int
+take_messages_deferred(const BrokerQueue *q, BrokerQueueState *state, int limit,
+					   const Interval *lease, ReturnSetInfo *rsinfo, int *ndead_out)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz vt = BrokerTimestampPlus(now, lease);
+	int64		nonce = (int64) (pg_prng_uint64(&pg_global_prng_state) >> 2);
+	int32		maxdel = q->max_deliveries > 0 ? q->max_deliveries : PG_INT32_MAX;
+	Datum		values[5];
+	int			rc;
+	int			delivered = 0;
+	int			ndead = 0;
+	Datum	   *dead_tids = NULL;
+	SPITupleTable *tuptable;
+	uint64		nrows;
+
+	values[0] = Int32GetDatum(q->queue_id);
+	values[1] = Int64GetDatum((int64) pg_atomic_read_u64(&state->lwm));
+	values[2] = TimestampTzGetDatum(now);
+	values[3] = Int32GetDatum(limit);
+	values[4] = PointerGetDatum(BrokerLeaseIds(q->queue_id));
+
+	rc = SPI_execute_plan(BrokerPlan(PLAN_DEQUEUE_LOCK), values, NULL, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "broker: dequeue failed: %s", SPI_result_code_string(rc));
+
+	tuptable = SPI_tuptable;
+	nrows = SPI_processed;
+	for (uint64 i = 0; i < nrows; i++)
+	{
+		HeapTuple	tup = tuptable->vals[i];
+		TupleDesc	desc = tuptable->tupdesc;
+		bool		isnull;
+		ItemPointer tid = (ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 1, &isnull));
+		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		int32		count = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+		Datum		out[8];
+		bool		outnull[8] = {false, false, false, false, false, false, false, false};
+
+		if (count >= maxdel)
+		{
+			if (dead_tids == NULL)
+				dead_tids = palloc(sizeof(Datum) * nrows);
+			dead_tids[ndead++] = PointerGetDatum(tid);
+			continue;
+		}
+		out[0] = Int64GetDatum(id);
+		out[1] = SPI_getbinval(tup, desc, 3, &outnull[1]);
+		out[2] = SPI_getbinval(tup, desc, 4, &outnull[2]);
+		out[3] = SPI_getbinval(tup, desc, 5, &outnull[3]);
+		out[4] = Int32GetDatum(count + 1);
+		out[5] = TimestampTzGetDatum(vt);
+		out[6] = SPI_getbinval(tup, desc, 7, &outnull[6]);
+		out[7] = Int64GetDatum(nonce ^ id);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnull);
+		BrokerLeaseAdd(q->queue_id, id, tid, count + 1, nonce ^ id, vt);
+		delivered++;
+	}
+
+	if (delivered > 0)
+	{
+		BrokerCount(q->queue_id, BROKER_COUNT_DELIVERED, delivered);
+		BrokerNoteDue(q->queue_id, vt);
+	}
+	if (ndead > 0)
+	{
+		DeadMessage *dead = palloc(sizeof(DeadMessage) * ndead);
+		MemoryContext callcxt = CurrentMemoryContext;
+		Datum		arg[1];
+
+		arg[0] = PointerGetDatum(construct_array(dead_tids, ndead, TIDOID,
+												 sizeof(ItemPointerData), false,
+												 TYPALIGN_SHORT));
+		rc = SPI_execute_plan(BrokerPlan(PLAN_DELETE_TIDS), arg, NULL, false, 0);
+		if (rc != SPI_OK_DELETE_RETURNING)
+			elog(ERROR, "broker: dead-lettering failed: %s", SPI_result_code_string(rc));
+		ndead = (int) SPI_processed;
+		for (int i = 0; i < ndead; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			bool		isnull;
+			MemoryContext old = MemoryContextSwitchTo(callcxt);
+			Datum		d = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
+
+			dead[i].payload = DatumGetJsonbPCopy(d);
+			d = SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull);
+			dead[i].headers = isnull ? NULL : DatumGetJsonbPCopy(d);
+			MemoryContextSwitchTo(old);
+		}
+		if (ndead > 0)
+			dead_letter(q, dead, ndead);
+	}
 	*ndead_out = ndead;
 	return delivered;
 }
@@ -334,8 +437,12 @@ broker_dequeue(PG_FUNCTION_ARGS)
 		TimestampTz due;
 
 		CHECK_FOR_INTERRUPTS();
-		delivered += take_messages(&q, state, max_messages - delivered, lease,
-								   rsinfo, &ndead);
+		if (broker_defer_lease_write)
+			delivered += take_messages_deferred(&q, state, max_messages - delivered,
+												lease, rsinfo, &ndead);
+		else
+			delivered += take_messages(&q, state, max_messages - delivered, lease,
+									   rsinfo, &ndead);
 		/* Dead-lettered rows took places in the batch: look again. */
 		if (ndead > 0 && delivered < max_messages)
 			continue;

@@ -685,6 +685,7 @@ publish_pending(void)
 static void
 reset_xact_state(void)
 {
+	BrokerLeaseReset();
 	pending = NULL;				/* freed with TopTransactionContext */
 	npending = 0;
 	maxpending = 0;
@@ -698,7 +699,12 @@ broker_xact_callback(XactEvent event, void *arg)
 	(void) arg;
 	switch (event)
 	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PARALLEL_PRE_COMMIT:
+			BrokerLeaseFlush();
+			break;
 		case XACT_EVENT_PRE_PREPARE:
+			BrokerLeaseFlush();
 			if (nregistered > 0 || registered_overflow)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -740,6 +746,7 @@ broker_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	switch (event)
 	{
 		case SUBXACT_EVENT_ABORT_SUB:
+			BrokerLeaseSubXactEnd(mySubid, parentSubid, false);
 			for (int i = 0; i < npending; i++)
 			{
 				if (pending[i].subid != mySubid)
@@ -750,6 +757,7 @@ broker_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			npending = j;
 			break;
 		case SUBXACT_EVENT_COMMIT_SUB:
+			BrokerLeaseSubXactEnd(mySubid, parentSubid, true);
 			for (int i = 0; i < npending; i++)
 			{
 				if (pending[i].subid == mySubid)

@@ -183,7 +183,14 @@ static HTAB *launcher_dbs = NULL;
 static BrokerReaperSlot *my_slot = NULL;
 static char my_dbname[NAMEDATALEN];
 
-/* Kept plans of the reaping statement: all queues, one queue. */
+/*
+ * Kept plans of the reaping statement: all queues, one queue.  Unlike the
+ * hot-path statements these are planned at each execution (a custom plan,
+ * once per batch): a generic plan made while broker.messages is empty (the
+ * first pass after CREATE EXTENSION) would scan the whole table for as long
+ * as the plan lives, while a custom plan sees the table's size and the
+ * cut-off and picks the expiry index and a TID scan.
+ */
 static SPIPlanPtr reap_plans[2];
 
 static const char *const reap_sql[2] = {
@@ -523,7 +530,7 @@ reap_plan(bool one_queue)
 		SPIPlanPtr	plan;
 
 		plan = SPI_prepare_cursor(reap_sql[i], one_queue ? 3 : 2, argtypes,
-								  CURSOR_OPT_GENERIC_PLAN);
+								  CURSOR_OPT_CUSTOM_PLAN);
 		if (plan == NULL)
 			elog(ERROR, "broker: SPI_prepare failed for the reaping statement: %s",
 				 SPI_result_code_string(SPI_result));

@@ -1,0 +1,108 @@
+# 012_worker_standby.pl: the background worker does nothing on a standby
+# and starts working after promotion.
+#
+#   - a streaming standby of a primary with broker preloaded runs neither
+#     the launcher nor a reaper;
+#   - messages that expire on the primary are removed by the primary's
+#     reaper, and the deletions replicate;
+#   - with the primary's reaper kept away (broker.databases names no
+#     database), expired messages replicate to the standby and stay there;
+#     after the promotion the standby's launcher and reaper start and
+#     remove them.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep time);
+
+# Poll a query until it returns $expect, for at most $secs seconds.
+sub poll
+{
+	my ($node, $db, $sql, $expect, $secs) = @_;
+	my $deadline = time + $secs;
+	my $got;
+	for (;;)
+	{
+		$got = $node->safe_psql($db, $sql);
+		return 1 if $got eq $expect;
+		last if time > $deadline;
+		usleep(100_000);
+	}
+	diag "poll: '$sql' returned '$got', expected '$expect'";
+	return 0;
+}
+
+my $workers = q{SELECT count(*) FROM pg_stat_activity
+                 WHERE backend_type IN ('broker launcher', 'broker reaper')};
+
+my $primary = PostgreSQL::Test::Cluster->new('primary');
+$primary->init(allows_streaming => 1);
+$primary->append_conf(
+	'postgresql.conf', q{
+shared_preload_libraries = 'broker'
+broker.reaper_interval = '200ms'
+log_statement = none
+});
+$primary->start;
+$primary->safe_psql('postgres',
+	q{CREATE EXTENSION broker; SELECT broker.create_queue('q');});
+ok(poll($primary, 'postgres', $workers, '2', 10),
+	'the primary runs the launcher and a reaper');
+
+$primary->backup('b');
+my $standby = PostgreSQL::Test::Cluster->new('standby');
+$standby->init_from_backup($primary, 'b', has_streaming => 1);
+$standby->start;
+$primary->wait_for_catchup($standby);
+
+is($standby->safe_psql('postgres', 'SELECT pg_is_in_recovery()'),
+	't', 'the standby is in recovery');
+
+# --- the primary's reaper removes, the deletions replicate -------------------
+$primary->safe_psql('postgres',
+	q{SELECT broker.enqueue('q', '{}', ttl => '300 ms') FROM generate_series(1, 25)});
+$primary->wait_for_catchup($standby);
+ok( poll(
+		$primary, 'postgres', 'SELECT count(*) FROM broker.messages', '0', 10),
+	'the primary\'s reaper removes the expired messages');
+$primary->wait_for_catchup($standby);
+is($standby->safe_psql('postgres', 'SELECT count(*) FROM broker.messages'),
+	'0', 'the deletions reached the standby');
+
+# After several seconds the standby still runs no worker of ours.
+is($standby->safe_psql('postgres', $workers),
+	'0', 'no broker launcher or reaper on the standby');
+
+# --- the primary's reaper kept away: expired messages reach the standby ------
+$primary->safe_psql('postgres',
+	q{ALTER SYSTEM SET broker.databases = 'nosuchdb'; SELECT pg_reload_conf()});
+ok(poll($primary, 'postgres', $workers, '1', 10),
+	'broker.databases = nosuchdb: the primary\'s reaper stops');
+$primary->safe_psql(
+	'postgres', q{
+SELECT broker.enqueue('q', '{}', ttl => '300 ms') FROM generate_series(1, 30);
+SELECT broker.enqueue('q', '{}') FROM generate_series(1, 2);
+});
+$primary->wait_for_catchup($standby);
+sleep 1;
+is($standby->safe_psql('postgres', 'SELECT count(*) FROM broker.messages'),
+	'32', 'the standby holds the expired messages (nothing removes them there)');
+is($standby->safe_psql('postgres', $workers),
+	'0', 'still no worker on the standby');
+
+# --- promotion ---------------------------------------------------------------
+$primary->stop;
+$standby->promote;
+ok(poll($standby, 'postgres', $workers, '2', 15),
+	'after promotion the standby runs the launcher and a reaper');
+ok(poll($standby, 'postgres', 'SELECT count(*) FROM broker.messages', '2', 10),
+	'after promotion the reaper removes the expired messages');
+is( $standby->safe_psql(
+		'postgres',
+		q{SELECT state || ':' || removed_total FROM broker.health() WHERE database = 'postgres'}),
+	'idle:30', 'health() on the promoted node');
+
+$standby->stop;
+done_testing();
