@@ -484,15 +484,8 @@ worker_process_utility(PlannedStmt *pstmt, const char *queryString,
 	{
 		Oid			dboid = get_database_oid(dbname, true);
 
-		if (OidIsValid(dboid) && database_has_reaper(dboid))
+		if (OidIsValid(dboid))
 			stop_reaper_for_command(dboid);
-		else if (OidIsValid(dboid))
-		{
-			LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
-			database_pause(dboid, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-															  BROKER_PAUSE_MS));
-			LWLockRelease(worker_shared->lock);
-		}
 	}
 
 	if (prev_ProcessUtility_hook)
