@@ -18,7 +18,7 @@ TAP_TESTS    = 1
 PROVE_TESTS  = $(sort $(wildcard test/t/*.pl))
 
 EXTRA_CLEAN = tmp_check_regress tmp_check_iso results output_iso regression.* \
-              test/tools/broker_sim
+              test/tools/broker_sim test/tools/wake_latency
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
@@ -29,10 +29,18 @@ $(OBJS): src/broker.h
 
 # PGXS's installcheck runs pg_regress and the isolation tests against the
 # temp instances above; prove_installcheck runs the TAP tests.
-.PHONY: check-version sim
+.PHONY: check-version sim bench bench-quick
 check-version:
 	@test "$$(sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' META.json | head -1)" = "$(EXTVERSION)" \
 	  || { echo "META.json version differs from broker.control ($(EXTVERSION))"; exit 1; }
 
 sim:
 	$(MAKE) -C test/tools
+
+# Benchmarks against the plain-SQL baselines, on a throw-away cluster;
+# install first (make install).  See docs/benchmarks.md.
+bench:
+	python3 test/bench/run --write
+
+bench-quick:
+	python3 test/bench/run --quick

@@ -471,7 +471,7 @@ stop_reaper_for_command(Oid dboid)
 	LWLockRelease(worker_shared->lock);
 }
 
-/* ProcessUtility hook: free a database of its reaper before the commands that need it. */
+/* ProcessUtility hook: stop a database's reaper before a command needing it. */
 static void
 worker_process_utility(PlannedStmt *pstmt, const char *queryString,
 					   bool readOnlyTree, ProcessUtilityContext context,
@@ -891,7 +891,8 @@ broker_reaper_main(Datum main_arg)
 			if (!RecoveryInProgress())
 				reaper_pass_guarded(pass_cxt, now);
 			MemoryContextReset(pass_cxt);
-			next = TimestampTzPlusMilliseconds(last_start, broker_reaper_interval_ms);
+			next = TimestampTzPlusMilliseconds(last_start,
+											   broker_reaper_interval_ms);
 			now = GetCurrentTimestamp();
 		}
 
@@ -1124,6 +1125,7 @@ launcher_reconcile(TimestampTz next_scan)
 	LauncherDb *db;
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz wake = next_scan;
+	TimestampTz retry;
 
 	hash_seq_init(&status, launcher_dbs);
 	while ((db = hash_seq_search(&status)) != NULL)
@@ -1155,17 +1157,16 @@ launcher_reconcile(TimestampTz next_scan)
 		if (db->handle != NULL)
 			continue;
 
-		if (now < TimestampTzPlusMilliseconds(db->last_start,
-											  BROKER_RESTART_DELAY_MS))
-			wake = Min(wake, TimestampTzPlusMilliseconds(db->last_start,
-														 BROKER_RESTART_DELAY_MS));
-		else
+		/* Not again within BROKER_RESTART_DELAY_MS of the last attempt. */
+		retry = TimestampTzPlusMilliseconds(db->last_start,
+											BROKER_RESTART_DELAY_MS);
+		if (now >= retry)
 		{
 			launcher_start_reaper(db, now);
-			if (db->handle == NULL)
-				wake = Min(wake, TimestampTzPlusMilliseconds(now,
-															 BROKER_RESTART_DELAY_MS));
+			retry = TimestampTzPlusMilliseconds(now, BROKER_RESTART_DELAY_MS);
 		}
+		if (db->handle == NULL)
+			wake = Min(wake, retry);
 	}
 	return Max(1L, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), wake));
 }

@@ -25,7 +25,9 @@ extern void BrokerWorkerInit(void);
 extern bool BrokerCheckDatabases(char **newval, void **extra, GucSource source);
 
 /* Entry points of the background workers, looked up by name. */
-extern PGDLLEXPORT void broker_launcher_main(Datum main_arg) pg_attribute_noreturn();
-extern PGDLLEXPORT void broker_reaper_main(Datum main_arg) pg_attribute_noreturn();
+extern PGDLLEXPORT void broker_launcher_main(Datum main_arg)
+			pg_attribute_noreturn();
+extern PGDLLEXPORT void broker_reaper_main(Datum main_arg)
+			pg_attribute_noreturn();
 
 #endif							/* BROKER_WORKER_H */

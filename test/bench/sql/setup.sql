@@ -9,3 +9,5 @@ CREATE TABLE IF NOT EXISTS pgmq_q (
     message     jsonb NOT NULL);
 CREATE INDEX IF NOT EXISTS pgmq_q_vt ON pgmq_q (vt);
 SELECT broker.create_queue('bench', if_not_exists => true);
+-- W7: a hundred more queues
+SELECT count(broker.create_queue('bench_' || g, if_not_exists => true)) FROM generate_series(0, 99) g;
