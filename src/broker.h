@@ -83,6 +83,7 @@ typedef enum BrokerPlanId
 	PLAN_RELEASE,
 	PLAN_EXTEND,
 	PLAN_METRICS,
+	PLAN_QUEUE_LIST,
 	BROKER_NUM_PLANS
 } BrokerPlanId;
 

@@ -217,6 +217,14 @@ static const BrokerPlanDef plan_defs[BROKER_NUM_PLANS] = {
 		" RETURNING m.vt",
 		4, {INT4OID, INT8OID, INT8OID, TIMESTAMPTZOID}
 	},
+	/* $2 (now) is unused; it keeps the shape of PLAN_METRICS */
+	[PLAN_QUEUE_LIST] = {
+		"SELECT q.queue_id, q.name FROM broker.queue_defs q"
+		" WHERE q.kind " OP("=") " 'q' AND ($1 IS NULL OR q.queue_id " OP("=") " $1)"
+		"   AND $2 IS NOT NULL"
+		" ORDER BY q.name",
+		2, {INT4OID, TIMESTAMPTZOID}
+	},
 	[PLAN_METRICS] = {
 		"SELECT q.queue_id, q.name,"
 		"  pg_catalog.count(m.id) FILTER (WHERE m.vt " OP("<=") " $2"

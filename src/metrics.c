@@ -15,19 +15,19 @@
 #include "broker.h"
 
 PG_FUNCTION_INFO_V1(broker_metrics);
+PG_FUNCTION_INFO_V1(broker_waiters);
 
-/* broker.metrics(queue): one row per queue, or for the one named. */
-Datum
-broker_metrics(PG_FUNCTION_ARGS)
+/*
+ * Run a per-queue statement ($1 queue id or NULL for all, $2 now) for the
+ * queue named by argument 0, or every queue when it is NULL; the rows are
+ * in SPI_tuptable, the queue id first and the name second.
+ */
+static void
+run_per_queue(FunctionCallInfo fcinfo, BrokerPlanId plan)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	Datum		values[2];
 	char		nulls[2] = {'n', ' '};
 	int			rc;
-	bool		shmem = BrokerSharedMemoryReady();
-
-	InitMaterializedSRF(fcinfo, 0);
-	BrokerSPIConnect();
 
 	if (!PG_ARGISNULL(0))
 	{
@@ -38,10 +38,22 @@ broker_metrics(PG_FUNCTION_ARGS)
 		nulls[0] = ' ';
 	}
 	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
-
-	rc = SPI_execute_plan(BrokerPlan(PLAN_METRICS), values, nulls, false, 0);
+	rc = SPI_execute_plan(BrokerPlan(plan), values, nulls, false, 0);
 	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "broker: metrics failed: %s", SPI_result_code_string(rc));
+		elog(ERROR, "broker: per-queue statement failed: %s",
+			 SPI_result_code_string(rc));
+}
+
+/* broker.metrics(queue): one row per queue, or for the one named. */
+Datum
+broker_metrics(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	bool		shmem = BrokerSharedMemoryReady();
+
+	InitMaterializedSRF(fcinfo, 0);
+	BrokerSPIConnect();
+	run_per_queue(fcinfo, PLAN_METRICS);
 
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -75,8 +87,6 @@ broker_metrics(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-PG_FUNCTION_INFO_V1(broker_waiters);
-
 /*
  * broker.waiters(queue): long-polling backends now, and how often waiters
  * woke up (empty_wakeups: woke and found nothing, the cost of a herd).
@@ -85,25 +95,11 @@ Datum
 broker_waiters(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Datum		values[2];
-	char		nulls[2] = {'n', ' '};
-	int			rc;
 
 	BrokerRequireSharedMemory();
 	InitMaterializedSRF(fcinfo, 0);
 	BrokerSPIConnect();
-	if (!PG_ARGISNULL(0))
-	{
-		BrokerQueue q;
-
-		BrokerLookupQueue(BrokerQueueArg(fcinfo, 0), false, &q);
-		values[0] = Int32GetDatum(q.queue_id);
-		nulls[0] = ' ';
-	}
-	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
-	rc = SPI_execute_plan(BrokerPlan(PLAN_METRICS), values, nulls, false, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "broker: waiters failed: %s", SPI_result_code_string(rc));
+	run_per_queue(fcinfo, PLAN_QUEUE_LIST);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
