@@ -3,7 +3,7 @@ EXTENSION   = broker
 EXTVERSION  = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big  = broker
 OBJS        = src/broker.o src/shmem.o src/catalog.o src/queue.o \
-              src/enqueue.o src/dequeue.o src/ack.o src/metrics.o src/stats.o src/lease.o src/worker.o
+              src/enqueue.o src/dequeue.o src/ack.o src/metrics.o src/stats.o src/lease.o src/segment.o src/worker.o
 DATA        = $(wildcard sql/$(EXTENSION)--*.sql)
 PG_CFLAGS   = -Wall -Wextra
 # The server headers are system headers to us: -Wextra stays about our code.

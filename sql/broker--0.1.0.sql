@@ -30,12 +30,17 @@ CREATE SEQUENCE broker.queue_id_seq AS integer;
 -- logged, so an id is never handed out twice, even across a crash.
 CREATE SEQUENCE broker.message_id_seq AS bigint;
 
--- The messages of every queue.  The only index is the primary key
--- (queue_id, id): taking, extending or releasing a lease updates only vt,
--- delivery_count and receipt, none of them indexed, so every lease is a
--- HOT update when the page has room (hence the fillfactor).  See
--- docs/design.md, "Data layout".
-CREATE TABLE broker.messages (
+-- The messages of every queue, in BROKER_SEGMENTS (4) segment tables of
+-- the same shape.  Producers insert into the current segment; the
+-- background worker rotates to the next one when the current has taken
+-- broker.segment_size ids, and empties a drained segment with TRUNCATE,
+-- which needs no VACUUM and no waiting for old snapshots (docs/design.md,
+-- "Reclaiming space").  The only index of a segment is its primary key
+-- (queue_id, id), plus a partial expiry index: taking, extending or
+-- releasing a lease updates only vt, delivery_count and receipt, none of
+-- them indexed, so every lease is a HOT update when the page has room
+-- (hence the fillfactor).
+CREATE TABLE broker.messages_0 (
     queue_id        integer     NOT NULL,
     id              bigint      NOT NULL,
     vt              timestamptz NOT NULL,    -- not deliverable before vt
@@ -48,12 +53,39 @@ CREATE TABLE broker.messages (
     PRIMARY KEY (queue_id, id)
 ) WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.01,
         autovacuum_vacuum_insert_scale_factor = 0.01);
+CREATE TABLE broker.messages_1 (LIKE broker.messages_0 INCLUDING ALL)
+    WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.01,
+          autovacuum_vacuum_insert_scale_factor = 0.01);
+CREATE TABLE broker.messages_2 (LIKE broker.messages_0 INCLUDING ALL)
+    WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.01,
+          autovacuum_vacuum_insert_scale_factor = 0.01);
+CREATE TABLE broker.messages_3 (LIKE broker.messages_0 INCLUDING ALL)
+    WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.01,
+          autovacuum_vacuum_insert_scale_factor = 0.01);
 
--- The background worker finds expired messages through this index.  It is
--- partial (messages without a ttl are not in it), and expires_at is never
--- updated after the insert, so leases stay HOT updates.
-CREATE INDEX messages_expiry ON broker.messages (expires_at)
-    WHERE expires_at IS NOT NULL;
+-- The background worker finds expired messages through these indexes.
+-- They are partial (messages without a ttl are not in them), and
+-- expires_at is never updated after the insert, so leases stay HOT.
+CREATE INDEX messages_0_expiry ON broker.messages_0 (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX messages_1_expiry ON broker.messages_1 (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX messages_2_expiry ON broker.messages_2 (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX messages_3_expiry ON broker.messages_3 (expires_at) WHERE expires_at IS NOT NULL;
+
+-- Every message, whatever its segment (for reading: metrics, the
+-- low-water mark probe, operators).
+CREATE VIEW broker.messages AS
+          SELECT * FROM broker.messages_0
+UNION ALL SELECT * FROM broker.messages_1
+UNION ALL SELECT * FROM broker.messages_2
+UNION ALL SELECT * FROM broker.messages_3;
+
+-- Which segment takes new messages, and from which id on.
+CREATE TABLE broker.segments (
+    segment   integer PRIMARY KEY CHECK (segment BETWEEN 0 AND 3),
+    current   boolean NOT NULL,
+    first_id  bigint  NOT NULL
+);
+INSERT INTO broker.segments VALUES (0, true, 0), (1, false, 0), (2, false, 0), (3, false, 0);
 
 CREATE TYPE broker.message AS (
     id              bigint,
@@ -81,14 +113,20 @@ CREATE VIEW broker.queues AS
 
 -- Queues and messages are user data: pg_dump dumps them.
 SELECT pg_catalog.pg_extension_config_dump('broker.queue_defs', '');
-SELECT pg_catalog.pg_extension_config_dump('broker.messages', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.messages_0', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.messages_1', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.messages_2', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.messages_3', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.segments', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.queue_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.message_id_seq', '');
 
 -- Only the broker's functions touch the tables; they run as the extension
 -- owner (SECURITY DEFINER) and every statement they run is fully schema
 -- qualified, operators included, so search_path cannot redirect them.
-REVOKE ALL ON broker.queue_defs, broker.messages FROM PUBLIC;
+REVOKE ALL ON broker.queue_defs, broker.messages, broker.messages_0,
+              broker.messages_1, broker.messages_2, broker.messages_3,
+              broker.segments FROM PUBLIC;
 REVOKE ALL ON SEQUENCE broker.queue_id_seq, broker.message_id_seq FROM PUBLIC;
 GRANT USAGE ON SCHEMA broker TO PUBLIC;
 GRANT SELECT ON broker.queues TO PUBLIC;
@@ -202,11 +240,21 @@ CREATE VIEW broker.consumers AS
      WHERE q.queue_id IS NOT NULL OR c.queue_id IS NULL;
 GRANT SELECT ON broker.consumers TO PUBLIC;
 
+-- One step of segment maintenance now (the worker does it every
+-- broker.reaper_interval): truncate drained segments, rotate when the
+-- current one is full.  Returns the state of every segment.
+CREATE FUNCTION broker.maintain_segments()
+RETURNS TABLE(segment integer, current boolean, first_id bigint, drained boolean,
+              bytes bigint)
+AS 'MODULE_PATHNAME', 'broker_maintain_segments'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
+
 -- Administration is not for everyone: the owner grants it.
 REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval,
                                                integer, text, boolean),
                            broker.drop_queue(text, boolean),
-                           broker.purge_queue(text)
+                           broker.purge_queue(text),
+                           broker.maintain_segments()
     FROM PUBLIC;
 
 -- Background worker (issue #3) ----------------------------------------------

@@ -48,28 +48,41 @@ broker_delete(PG_FUNCTION_ARGS)
 	int			rc;
 	bool		deleted;
 	BrokerLeaseMatch match;
+	BrokerPlanId plan;
+	int			segs[BROKER_SEGMENTS];
+	int			nsegs;
 
 	ack_queue(fcinfo, &q);
 	values[0] = Int32GetDatum(q.queue_id);
 	values[1] = PG_GETARG_DATUM(1);
 	match = BrokerLeaseCheck(q.queue_id, PG_GETARG_INT64(1), !PG_ARGISNULL(2),
-							 PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2));
+							 PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2), &segs[0]);
 	if (match == BROKER_LEASE_STALE)
 	{
 		BrokerSPIFinish();
 		PG_RETURN_BOOL(false);
 	}
+	if (match == BROKER_LEASE_HELD)
+		nsegs = 1;				/* we know where the row we locked is */
+	else
+		nsegs = BrokerSegmentLookupOrder(PG_GETARG_INT64(1), segs);
+
 	/* A lease of this transaction: its receipt is not in the row yet. */
 	if (match == BROKER_LEASE_HELD || PG_ARGISNULL(2))
-		rc = SPI_execute_plan(BrokerPlan(PLAN_DELETE), values, NULL, false, 0);
+		plan = PLAN_DELETE;
 	else
 	{
 		values[2] = PG_GETARG_DATUM(2);
-		rc = SPI_execute_plan(BrokerPlan(PLAN_DELETE_RECEIPT), values, NULL,
-							  false, 0);
+		plan = PLAN_DELETE_RECEIPT;
 	}
-	if (rc != SPI_OK_DELETE)
-		elog(ERROR, "broker: delete failed: %s", SPI_result_code_string(rc));
+	for (int i = 0; i < nsegs; i++)
+	{
+		rc = SPI_execute_plan(BrokerPlanSeg(plan, segs[i]), values, NULL, false, 0);
+		if (rc != SPI_OK_DELETE)
+			elog(ERROR, "broker: delete failed: %s", SPI_result_code_string(rc));
+		if (SPI_processed > 0)
+			break;
+	}
 	deleted = SPI_processed > 0;
 	if (deleted)
 	{
@@ -89,24 +102,31 @@ broker_delete_many(PG_FUNCTION_ARGS)
 	BrokerQueue q;
 	Datum		values[2];
 	int			rc;
-	uint64		n;
+	uint64		n = 0;
+	int			segs[BROKER_SEGMENTS];
+	int			nsegs;
 
 	ack_queue(fcinfo, &q);
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	values[0] = Int32GetDatum(q.queue_id);
 	values[1] = PG_GETARG_DATUM(1);
-	rc = SPI_execute_plan(BrokerPlan(PLAN_DELETE_MANY), values, NULL, false, 0);
-	if (rc != SPI_OK_DELETE_RETURNING)
-		elog(ERROR, "broker: delete failed: %s", SPI_result_code_string(rc));
-	n = SPI_processed;
-	for (uint64 i = 0; i < n; i++)
+	nsegs = BrokerSegmentScanOrder(segs);
+	for (int s = 0; s < nsegs; s++)
 	{
-		bool		isnull;
-		Datum		id = SPI_getbinval(SPI_tuptable->vals[i],
-									   SPI_tuptable->tupdesc, 1, &isnull);
+		rc = SPI_execute_plan(BrokerPlanSeg(PLAN_DELETE_MANY, segs[s]), values,
+							  NULL, false, 0);
+		if (rc != SPI_OK_DELETE_RETURNING)
+			elog(ERROR, "broker: delete failed: %s", SPI_result_code_string(rc));
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			Datum		id = SPI_getbinval(SPI_tuptable->vals[i],
+										   SPI_tuptable->tupdesc, 1, &isnull);
 
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &id, &isnull);
-		BrokerLeaseDeleted(q.queue_id, DatumGetInt64(id));
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &id, &isnull);
+			BrokerLeaseDeleted(q.queue_id, DatumGetInt64(id));
+		}
+		n += SPI_processed;
 	}
 	if (n > 0)
 	{
@@ -128,15 +148,25 @@ set_vt(FunctionCallInfo fcinfo, const BrokerQueue *q, BrokerPlanId plan,
 	Datum		values[4];
 	int			rc;
 	TimestampTz now = GetCurrentTimestamp();
+	int			segs[BROKER_SEGMENTS];
+	int			nsegs;
+	int			i;
 
 	values[0] = Int32GetDatum(q->queue_id);
 	values[1] = PG_GETARG_DATUM(1);
 	values[2] = PG_GETARG_DATUM(2);
 	values[3] = TimestampTzGetDatum(iv ? BrokerTimestampPlus(now, iv) : now);
-	rc = SPI_execute_plan(BrokerPlan(plan), values, NULL, false, 0);
-	if (rc != SPI_OK_UPDATE && rc != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "broker: lease update failed: %s", SPI_result_code_string(rc));
-	if (SPI_processed == 0)
+	nsegs = BrokerSegmentLookupOrder(PG_GETARG_INT64(1), segs);
+	for (i = 0; i < nsegs; i++)
+	{
+		rc = SPI_execute_plan(BrokerPlanSeg(plan, segs[i]), values, NULL, false, 0);
+		if (rc != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "broker: lease update failed: %s",
+				 SPI_result_code_string(rc));
+		if (SPI_processed > 0)
+			break;
+	}
+	if (i == nsegs)
 		return false;
 	if (vt_out)
 	{
@@ -164,7 +194,7 @@ broker_release(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("delay must not be negative")));
 	ack_queue(fcinfo, &q);
-	if (BrokerLeaseCheck(q.queue_id, PG_GETARG_INT64(1), false, 0) != BROKER_LEASE_NONE)
+	if (BrokerLeaseCheck(q.queue_id, PG_GETARG_INT64(1), false, 0, NULL) != BROKER_LEASE_NONE)
 	{
 		/* leased by this transaction: change the lease it will write */
 		TimestampTz now = GetCurrentTimestamp();
@@ -200,7 +230,7 @@ broker_extend_lease(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("lease must be positive")));
 	ack_queue(fcinfo, &q);
-	if (BrokerLeaseCheck(q.queue_id, PG_GETARG_INT64(1), false, 0) != BROKER_LEASE_NONE)
+	if (BrokerLeaseCheck(q.queue_id, PG_GETARG_INT64(1), false, 0, NULL) != BROKER_LEASE_NONE)
 	{
 		vt = BrokerTimestampPlus(GetCurrentTimestamp(), lease);
 		done = BrokerLeaseSetVt(q.queue_id, PG_GETARG_INT64(1),

@@ -48,6 +48,16 @@ _PG_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	DefineCustomIntVariable("broker.segment_size",
+							"Message ids a segment takes before the next segment becomes current.",
+							"Drained segments are emptied with TRUNCATE; smaller segments "
+							"give space back sooner, larger ones rotate less often.",
+							&broker_segment_size,
+							100000, 100, INT_MAX,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
 	DefineCustomStringVariable("broker.consumer",
 							   "Name this session's dequeues and deletes are attributed to.",
 							   "Shown in broker.consumers; empty means application_name.",

@@ -30,6 +30,7 @@
 #define BROKER_QUEUE_NAME_MAX	48
 #define BROKER_MAX_MESSAGE_SIZE_LIMIT	1048576
 #define BROKER_MAX_BATCH		10000
+#define BROKER_SEGMENTS			4	/* segment tables broker.messages_<n> */
 
 /* --- GUCs (broker.c) --- */
 extern int	broker_reaper_interval_ms;
@@ -57,7 +58,9 @@ typedef struct BrokerRels
 	Oid			messages;
 	Oid			message_id_seq;
 	Oid			queue_id_seq;
-	Oid			owner;			/* of broker.messages: the functions run as it */
+	Oid			segment[BROKER_SEGMENTS];	/* broker.messages_<n> */
+	Oid			segments;		/* broker.segments */
+	Oid			owner;			/* of the tables: the functions run as it */
 } BrokerRels;
 
 /* Every statement the extension runs, each prepared once and kept. */
@@ -94,6 +97,7 @@ extern bool BrokerLookupQueueById(int32 queue_id, BrokerQueue *out);
 extern void BrokerLockQueue(text *name, LOCKMODE mode, BrokerQueue *out);
 extern void BrokerInvalidateQueues(void);
 extern SPIPlanPtr BrokerPlan(BrokerPlanId id);
+extern SPIPlanPtr BrokerPlanSeg(BrokerPlanId id, int seg);
 extern void BrokerSPIConnect(void);
 extern void BrokerSPIFinish(void);
 
@@ -172,6 +176,16 @@ extern void BrokerNoteDroppedQueue(int32 queue_id);
 extern void BrokerNoteDue(int32 queue_id, TimestampTz due);
 extern void BrokerLowerNextDue(BrokerQueueState *state, TimestampTz due);
 
+/* --- segments (segment.c) --- */
+extern int	broker_segment_size;
+extern Size BrokerSegmentShmemSize(void);
+extern void BrokerSegmentShmemInit(void);
+extern int	BrokerSegmentCurrent(void);
+extern int	BrokerSegmentScanOrder(int *segs);
+extern int	BrokerSegmentLookupOrder(int64 id, int *segs);
+extern void BrokerSegmentInserted(int seg);
+extern void BrokerSegmentsMaintain(void);
+
 /* --- consumer history (stats.c) --- */
 extern char *broker_consumer_name;
 extern int	broker_max_consumers;
@@ -190,10 +204,11 @@ typedef enum BrokerLeaseMatch
 } BrokerLeaseMatch;
 
 extern bool broker_defer_lease_write;
-extern void BrokerLeaseAdd(int32 queue_id, int64 id, ItemPointer tid,
+extern void BrokerLeaseAdd(int32 queue_id, int64 id, int seg, ItemPointer tid,
 						   int32 delivery_count, int64 receipt, TimestampTz vt);
 extern BrokerLeaseMatch BrokerLeaseCheck(int32 queue_id, int64 id,
-										 bool has_receipt, int64 receipt);
+										 bool has_receipt, int64 receipt,
+										 int *seg);
 extern void BrokerLeaseDeleted(int32 queue_id, int64 id);
 extern bool BrokerLeaseSetVt(int32 queue_id, int64 id, int64 receipt,
 							 TimestampTz vt, bool release);

@@ -31,6 +31,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -247,7 +248,8 @@ static const BrokerPlanDef plan_defs[BROKER_NUM_PLANS] = {
 	},
 };
 
-static SPIPlanPtr plans[BROKER_NUM_PLANS];
+/* [plan][0]: as written; [plan][1 + s]: on segment table s. */
+static SPIPlanPtr plans[BROKER_NUM_PLANS][BROKER_SEGMENTS + 1];
 
 /* Backend-local caches and their validity. */
 static BrokerRels rels;
@@ -266,10 +268,15 @@ typedef struct QueueCacheEntry
 static void
 broker_relcache_callback(Datum arg, Oid relid)
 {
-	(void) arg;
-	if (relid == InvalidOid || !rels_valid ||
+	bool		ours = relid == InvalidOid || !rels_valid ||
 		relid == rels.queue_defs || relid == rels.messages ||
-		relid == rels.message_id_seq || relid == rels.queue_id_seq)
+		relid == rels.message_id_seq || relid == rels.queue_id_seq ||
+		relid == rels.segments;
+
+	(void) arg;
+	for (int i = 0; i < BROKER_SEGMENTS && !ours; i++)
+		ours = relid == rels.segment[i];
+	if (ours)
 	{
 		rels_valid = false;
 		cache_generation++;
@@ -336,9 +343,17 @@ BrokerGetRels(void)
 					 errhint("Run CREATE EXTENSION broker in this database.")));
 		rels.queue_defs = broker_relid(nsp, "queue_defs");
 		rels.messages = broker_relid(nsp, "messages");
+		for (int i = 0; i < BROKER_SEGMENTS; i++)
+		{
+			char		name[NAMEDATALEN];
+
+			snprintf(name, sizeof(name), "messages_%d", i);
+			rels.segment[i] = broker_relid(nsp, name);
+		}
+		rels.segments = broker_relid(nsp, "segments");
 		rels.message_id_seq = broker_relid(nsp, "message_id_seq");
 		rels.queue_id_seq = broker_relid(nsp, "queue_id_seq");
-		rels.owner = broker_rel_owner(rels.messages);
+		rels.owner = broker_rel_owner(rels.segment[0]);
 		rels_valid = true;
 	}
 	return &rels;
@@ -364,29 +379,61 @@ BrokerSPIFinish(void)
 		elog(ERROR, "broker: SPI_finish failed: %s", SPI_result_code_string(rc));
 }
 
+/* Prepare and keep one statement. */
+static SPIPlanPtr
+prepare_kept(const char *sql, const BrokerPlanDef *def, int id)
+{
+	SPIPlanPtr	plan;
+
+	/*
+	 * Always the generic plan: every statement is driven by the primary
+	 * key, and a custom plan per call would re-plan on every call.
+	 */
+	plan = SPI_prepare_cursor(sql, def->nargs, (Oid *) def->argtypes,
+							  CURSOR_OPT_GENERIC_PLAN);
+	if (plan == NULL)
+		elog(ERROR, "broker: SPI_prepare failed for plan %d: %s",
+			 id, SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "broker: SPI_keepplan failed for plan %d", id);
+	return plan;
+}
+
 /* The kept generic plan of a statement, prepared on first use. */
 SPIPlanPtr
 BrokerPlan(BrokerPlanId id)
 {
-	if (plans[id] == NULL)
-	{
-		const BrokerPlanDef *def = &plan_defs[id];
-		SPIPlanPtr	plan;
+	if (plans[id][0] == NULL)
+		plans[id][0] = prepare_kept(plan_defs[id].sql, &plan_defs[id], (int) id);
+	return plans[id][0];
+}
 
-		/*
-		 * Always the generic plan: every statement is driven by the primary
-		 * key, and a custom plan per call would re-plan on every call.
-		 */
-		plan = SPI_prepare_cursor(def->sql, def->nargs, (Oid *) def->argtypes,
-								  CURSOR_OPT_GENERIC_PLAN);
-		if (plan == NULL)
-			elog(ERROR, "broker: SPI_prepare failed for plan %d: %s",
-				 (int) id, SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "broker: SPI_keepplan failed for plan %d", (int) id);
-		plans[id] = plan;
+/*
+ * The kept plan of a statement on one segment table: every
+ * "broker.messages " of its text becomes "broker.messages_<seg> ".
+ */
+SPIPlanPtr
+BrokerPlanSeg(BrokerPlanId id, int seg)
+{
+	Assert(seg >= 0 && seg < BROKER_SEGMENTS);
+	if (plans[id][seg + 1] == NULL)
+	{
+		const char *src = plan_defs[id].sql;
+		StringInfoData buf;
+		const char *hit;
+
+		initStringInfo(&buf);
+		while ((hit = strstr(src, "broker.messages ")) != NULL)
+		{
+			appendBinaryStringInfo(&buf, src, hit - src);
+			appendStringInfo(&buf, "broker.messages_%d ", seg);
+			src = hit + strlen("broker.messages ");
+		}
+		appendStringInfoString(&buf, src);
+		plans[id][seg + 1] = prepare_kept(buf.data, &plan_defs[id], (int) id);
+		pfree(buf.data);
 	}
-	return plans[id];
+	return plans[id][seg + 1];
 }
 
 /* Refuse a name that is not 1-48 of [a-z0-9_] not starting with a digit. */

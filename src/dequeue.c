@@ -97,7 +97,7 @@ dead_letter(const BrokerQueue *q, DeadMessage *dead, int ndead)
  * many were dead-lettered instead.
  */
 static int
-take_messages(const BrokerQueue *q, BrokerQueueState *state, int limit,
+take_messages(const BrokerQueue *q, BrokerQueueState *state, int seg, int limit,
 			  const Interval *lease, ReturnSetInfo *rsinfo, int *ndead_out)
 {
 	TimestampTz now = GetCurrentTimestamp();
@@ -118,7 +118,7 @@ take_messages(const BrokerQueue *q, BrokerQueueState *state, int limit,
 	values[5] = Int64GetDatum((int64) (pg_prng_uint64(&pg_global_prng_state) >> 2));
 	values[6] = Int32GetDatum(q->max_deliveries > 0 ? q->max_deliveries : PG_INT32_MAX);
 
-	rc = SPI_execute_plan(BrokerPlan(PLAN_DEQUEUE), values, NULL, false, 0);
+	rc = SPI_execute_plan(BrokerPlanSeg(PLAN_DEQUEUE, seg), values, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "broker: dequeue failed: %s", SPI_result_code_string(rc));
 
@@ -169,8 +169,9 @@ take_messages(const BrokerQueue *q, BrokerQueueState *state, int limit,
  * written at commit unless the transaction deletes the messages first.
  */
 static int
-take_messages_deferred(const BrokerQueue *q, BrokerQueueState *state, int limit,
-					   const Interval *lease, ReturnSetInfo *rsinfo, int *ndead_out)
+take_messages_deferred(const BrokerQueue *q, BrokerQueueState *state, int seg,
+					   int limit, const Interval *lease, ReturnSetInfo *rsinfo,
+					   int *ndead_out)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz vt = BrokerTimestampPlus(now, lease);
@@ -190,7 +191,8 @@ take_messages_deferred(const BrokerQueue *q, BrokerQueueState *state, int limit,
 	values[3] = Int32GetDatum(limit);
 	values[4] = PointerGetDatum(BrokerLeaseIds(q->queue_id));
 
-	rc = SPI_execute_plan(BrokerPlan(PLAN_DEQUEUE_LOCK), values, NULL, false, 0);
+	rc = SPI_execute_plan(BrokerPlanSeg(PLAN_DEQUEUE_LOCK, seg), values, NULL,
+						  false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "broker: dequeue failed: %s", SPI_result_code_string(rc));
 
@@ -223,7 +225,7 @@ take_messages_deferred(const BrokerQueue *q, BrokerQueueState *state, int limit,
 		out[6] = SPI_getbinval(tup, desc, 7, &outnull[6]);
 		out[7] = Int64GetDatum(nonce ^ id);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnull);
-		BrokerLeaseAdd(q->queue_id, id, tid, count + 1, nonce ^ id, vt);
+		BrokerLeaseAdd(q->queue_id, id, seg, tid, count + 1, nonce ^ id, vt);
 		delivered++;
 	}
 
@@ -241,7 +243,8 @@ take_messages_deferred(const BrokerQueue *q, BrokerQueueState *state, int limit,
 		arg[0] = PointerGetDatum(construct_array(dead_tids, ndead, TIDOID,
 												 sizeof(ItemPointerData), false,
 												 TYPALIGN_SHORT));
-		rc = SPI_execute_plan(BrokerPlan(PLAN_DELETE_TIDS), arg, NULL, false, 0);
+		rc = SPI_execute_plan(BrokerPlanSeg(PLAN_DELETE_TIDS, seg), arg, NULL,
+							  false, 0);
 		if (rc != SPI_OK_DELETE_RETURNING)
 			elog(ERROR, "broker: dead-lettering failed: %s", SPI_result_code_string(rc));
 		ndead = (int) SPI_processed;
@@ -261,6 +264,34 @@ take_messages_deferred(const BrokerQueue *q, BrokerQueueState *state, int limit,
 			dead_letter(q, dead, ndead);
 	}
 	*ndead_out = ndead;
+	return delivered;
+}
+
+/*
+ * Take up to limit messages from the queue's segments, oldest segment
+ * first; *ndead_out says how many were dead-lettered instead.
+ */
+static int
+take_from_segments(const BrokerQueue *q, BrokerQueueState *state, int limit,
+				   const Interval *lease, ReturnSetInfo *rsinfo, int *ndead_out)
+{
+	int			segs[BROKER_SEGMENTS];
+	int			nsegs = BrokerSegmentScanOrder(segs);
+	int			delivered = 0;
+
+	*ndead_out = 0;
+	for (int i = 0; i < nsegs && delivered < limit; i++)
+	{
+		int			ndead = 0;
+
+		if (broker_defer_lease_write)
+			delivered += take_messages_deferred(q, state, segs[i], limit - delivered,
+												lease, rsinfo, &ndead);
+		else
+			delivered += take_messages(q, state, segs[i], limit - delivered,
+									   lease, rsinfo, &ndead);
+		*ndead_out += ndead;
+	}
 	return delivered;
 }
 
@@ -437,12 +468,8 @@ broker_dequeue(PG_FUNCTION_ARGS)
 		TimestampTz due;
 
 		CHECK_FOR_INTERRUPTS();
-		if (broker_defer_lease_write)
-			delivered += take_messages_deferred(&q, state, max_messages - delivered,
-												lease, rsinfo, &ndead);
-		else
-			delivered += take_messages(&q, state, max_messages - delivered, lease,
-									   rsinfo, &ndead);
+		delivered += take_from_segments(&q, state, max_messages - delivered,
+										lease, rsinfo, &ndead);
 		/* Dead-lettered rows took places in the batch: look again. */
 		if (ndead > 0 && delivered < max_messages)
 			continue;

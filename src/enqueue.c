@@ -62,6 +62,7 @@ BrokerEnqueueOne(const BrokerQueue *q, Jsonb *payload, Jsonb *headers,
 	Datum		values[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	int64		id = BrokerAllocateMessageId(q->queue_id);
+	int			seg = BrokerSegmentCurrent();
 	int			rc;
 
 	values[0] = Int32GetDatum(q->queue_id);
@@ -74,9 +75,10 @@ BrokerEnqueueOne(const BrokerQueue *q, Jsonb *payload, Jsonb *headers,
 	values[6] = headers ? JsonbPGetDatum(headers) : (Datum) 0;
 	nulls[6] = headers ? ' ' : 'n';
 
-	rc = SPI_execute_plan(BrokerPlan(PLAN_ENQUEUE), values, nulls, false, 0);
+	rc = SPI_execute_plan(BrokerPlanSeg(PLAN_ENQUEUE, seg), values, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "broker: enqueue failed: %s", SPI_result_code_string(rc));
+	BrokerSegmentInserted(seg);
 	BrokerCount(q->queue_id, BROKER_COUNT_ENQUEUED, 1);
 	if (vt > now)
 		BrokerNoteDue(q->queue_id, vt);
@@ -174,6 +176,7 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 	Datum		values[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	int			rc;
+	int			seg;
 
 	BrokerRequireArg(fcinfo, 1, "payloads");
 	arr = PG_GETARG_ARRAYTYPE_P(1);
@@ -222,9 +225,12 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 	values[6] = headers ? JsonbPGetDatum(headers) : (Datum) 0;
 	nulls[6] = headers ? ' ' : 'n';
 
-	rc = SPI_execute_plan(BrokerPlan(PLAN_ENQUEUE_BATCH), values, nulls, false, 0);
+	seg = BrokerSegmentCurrent();
+	rc = SPI_execute_plan(BrokerPlanSeg(PLAN_ENQUEUE_BATCH, seg), values, nulls,
+						  false, 0);
 	if (rc != SPI_OK_INSERT || SPI_processed != (uint64) n)
 		elog(ERROR, "broker: batch enqueue failed: %s", SPI_result_code_string(rc));
+	BrokerSegmentInserted(seg);
 	BrokerCount(q.queue_id, BROKER_COUNT_ENQUEUED, n);
 	if (t.vt > t.now)
 		BrokerNoteDue(q.queue_id, t.vt);

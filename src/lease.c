@@ -49,6 +49,7 @@ typedef struct PendingLease
 {
 	int32		queue_id;
 	int64		id;
+	int			seg;			/* segment table the row is in */
 	ItemPointerData tid;
 	int32		delivery_count;
 	int64		receipt;		/* 0: released (receipt NULL) */
@@ -100,8 +101,8 @@ grow(void *arr, int *max, Size elem)
 
 /* Remember a lease taken by dequeue (the row is locked by us). */
 void
-BrokerLeaseAdd(int32 queue_id, int64 id, ItemPointer tid, int32 delivery_count,
-			   int64 receipt, TimestampTz vt)
+BrokerLeaseAdd(int32 queue_id, int64 id, int seg, ItemPointer tid,
+			   int32 delivery_count, int64 receipt, TimestampTz vt)
 {
 	PendingLease *e;
 
@@ -110,6 +111,7 @@ BrokerLeaseAdd(int32 queue_id, int64 id, ItemPointer tid, int32 delivery_count,
 	e = &leases[nleases++];
 	e->queue_id = queue_id;
 	e->id = id;
+	e->seg = seg;
 	e->tid = *tid;
 	e->delivery_count = delivery_count;
 	e->receipt = receipt;
@@ -157,12 +159,15 @@ save_for_undo(PendingLease *e)
  * this transaction), or the pending lease's receipt check result.
  */
 BrokerLeaseMatch
-BrokerLeaseCheck(int32 queue_id, int64 id, bool has_receipt, int64 receipt)
+BrokerLeaseCheck(int32 queue_id, int64 id, bool has_receipt, int64 receipt,
+				 int *seg)
 {
 	PendingLease *e = find_lease(queue_id, id);
 
 	if (e == NULL || e->deleted)
 		return BROKER_LEASE_NONE;
+	if (seg)
+		*seg = e->seg;
 	if (has_receipt && (e->receipt == 0 || e->receipt != receipt))
 		return BROKER_LEASE_STALE;
 	return BROKER_LEASE_HELD;
@@ -218,35 +223,26 @@ BrokerLeaseIds(int32 queue_id)
 						   TYPALIGN_DOUBLE);
 }
 
-/* Write the leases of the messages still alive: one UPDATE by ctid. */
-void
-BrokerLeaseFlush(void)
+/* Write the leases of one segment's messages still alive: one UPDATE. */
+static void
+flush_segment(int seg)
 {
-	Datum	   *tids;
-	Datum	   *vts;
-	Datum	   *dcs;
-	Datum	   *rcs;
-	bool	   *rnulls;
+	Datum	   *tids = palloc(nleases * sizeof(Datum));
+	Datum	   *vts = palloc(nleases * sizeof(Datum));
+	Datum	   *dcs = palloc(nleases * sizeof(Datum));
+	Datum	   *rcs = palloc(nleases * sizeof(Datum));
+	bool	   *rnulls = palloc(nleases * sizeof(bool));
 	int			n = 0;
 	int			dims[1];
 	int			lbs[1] = {1};
 	Datum		values[4];
 	int			rc;
-	Oid			save_userid;
-	int			save_sec;
 
-	if (nleases == 0)
-		return;
-	tids = palloc(nleases * sizeof(Datum));
-	vts = palloc(nleases * sizeof(Datum));
-	dcs = palloc(nleases * sizeof(Datum));
-	rcs = palloc(nleases * sizeof(Datum));
-	rnulls = palloc(nleases * sizeof(bool));
 	for (int i = 0; i < nleases; i++)
 	{
 		PendingLease *e = &leases[i];
 
-		if (e->deleted)
+		if (e->deleted || e->seg != seg)
 			continue;
 		tids[n] = PointerGetDatum(&e->tid);
 		vts[n] = TimestampTzGetDatum(e->vt);
@@ -255,42 +251,62 @@ BrokerLeaseFlush(void)
 		rnulls[n] = e->receipt == 0;
 		n++;
 	}
-	if (n > 0)
+	if (n == 0)
+		return;
+	dims[0] = n;
+	values[0] = PointerGetDatum(construct_array(tids, n, TIDOID,
+												sizeof(ItemPointerData),
+												false, TYPALIGN_SHORT));
+	values[1] = PointerGetDatum(construct_array(vts, n, TIMESTAMPTZOID,
+												sizeof(TimestampTz),
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[2] = PointerGetDatum(construct_array(dcs, n, INT4OID, sizeof(int32),
+												true, TYPALIGN_INT));
+	values[3] = PointerGetDatum(construct_md_array(rcs, rnulls, 1, dims, lbs,
+												   INT8OID, sizeof(int64),
+												   FLOAT8PASSBYVAL,
+												   TYPALIGN_DOUBLE));
+	rc = SPI_execute_plan(BrokerPlanSeg(PLAN_LEASE_WRITE, seg), values, NULL,
+						  false, 0);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "broker: writing leases failed: %s",
+			 SPI_result_code_string(rc));
+}
+
+/* Write the leases of the messages still alive, one UPDATE per segment. */
+void
+BrokerLeaseFlush(void)
+{
+	Oid			save_userid;
+	int			save_sec;
+	bool		any = false;
+
+	for (int i = 0; i < nleases && !any; i++)
+		any = !leases[i].deleted;
+	if (!any)
 	{
-		dims[0] = n;
-		values[0] = PointerGetDatum(construct_array(tids, n, TIDOID,
-													sizeof(ItemPointerData),
-													false, TYPALIGN_SHORT));
-		values[1] = PointerGetDatum(construct_array(vts, n, TIMESTAMPTZOID,
-													sizeof(TimestampTz),
-													FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		values[2] = PointerGetDatum(construct_array(dcs, n, INT4OID,
-													sizeof(int32), true,
-													TYPALIGN_INT));
-		values[3] = PointerGetDatum(construct_md_array(rcs, rnulls, 1, dims, lbs,
-													   INT8OID, sizeof(int64),
-													   FLOAT8PASSBYVAL,
-													   TYPALIGN_DOUBLE));
-		/*
-		 * At pre-commit no portal is left: bring our own snapshot.  The
-		 * session user may not touch the table; the functions that took the
-		 * leases ran as its owner, and so does this (an error aborts the
-		 * transaction, which restores the user).
-		 */
-		GetUserIdAndSecContext(&save_userid, &save_sec);
-		SetUserIdAndSecContext(BrokerGetRels()->owner,
-							   save_sec | SECURITY_LOCAL_USERID_CHANGE |
-							   SECURITY_RESTRICTED_OPERATION);
-		PushActiveSnapshot(GetTransactionSnapshot());
-		BrokerSPIConnect();
-		rc = SPI_execute_plan(BrokerPlan(PLAN_LEASE_WRITE), values, NULL, false, 0);
-		if (rc != SPI_OK_UPDATE)
-			elog(ERROR, "broker: writing leases failed: %s",
-				 SPI_result_code_string(rc));
-		BrokerSPIFinish();
-		PopActiveSnapshot();
-		SetUserIdAndSecContext(save_userid, save_sec);
+		nleases = 0;
+		return;
 	}
+
+	/*
+	 * At pre-commit no portal is left: bring our own snapshot.  The session
+	 * user may not touch the tables; the functions that took the leases ran
+	 * as their owner, and so does this (an error aborts the transaction,
+	 * which restores the user).
+	 */
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(BrokerGetRels()->owner,
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	PushActiveSnapshot(GetTransactionSnapshot());
+	BrokerSPIConnect();
+	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
+		flush_segment(seg);
+	BrokerSPIFinish();
+	PopActiveSnapshot();
+	SetUserIdAndSecContext(save_userid, save_sec);
+
 	/* Written: nothing is pending any more (a later flush does nothing). */
 	nleases = 0;
 }

@@ -128,6 +128,27 @@ broker_create_queue(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/* Delete every message of a queue, in every segment; returns how many. */
+static uint64
+purge_messages(int32 queue_id)
+{
+	Datum		values[1];
+	uint64		n = 0;
+
+	values[0] = Int32GetDatum(queue_id);
+	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
+	{
+		int			rc = SPI_execute_plan(BrokerPlanSeg(PLAN_MESSAGES_PURGE, seg),
+										  values, NULL, false, 0);
+
+		if (rc != SPI_OK_DELETE)
+			elog(ERROR, "broker: deleting messages failed: %s",
+				 SPI_result_code_string(rc));
+		n += SPI_processed;
+	}
+	return n;
+}
+
 /* broker.drop_queue(queue, if_exists): the queue and all its messages. */
 Datum
 broker_drop_queue(PG_FUNCTION_ARGS)
@@ -167,9 +188,7 @@ broker_drop_queue(PG_FUNCTION_ARGS)
 				 errdetail("Dead-letter queue of: %s.", TextDatumGetCString(users)),
 				 errhint("Drop those queues first.")));
 
-	rc = SPI_execute_plan(BrokerPlan(PLAN_MESSAGES_PURGE), values, NULL, false, 0);
-	if (rc != SPI_OK_DELETE)
-		elog(ERROR, "broker: dropping messages failed: %s", SPI_result_code_string(rc));
+	(void) purge_messages(q.queue_id);
 	rc = SPI_execute_plan(BrokerPlan(PLAN_QUEUE_DELETE), values, NULL, false, 0);
 	if (rc != SPI_OK_DELETE)
 		elog(ERROR, "broker: dropping the queue failed: %s", SPI_result_code_string(rc));
@@ -190,17 +209,11 @@ broker_purge_queue(PG_FUNCTION_ARGS)
 {
 	text	   *name = BrokerQueueArg(fcinfo, 0);
 	BrokerQueue q;
-	Datum		values[1];
-	int			rc;
 	uint64		n;
 
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessExclusiveLock, &q);
-	values[0] = Int32GetDatum(q.queue_id);
-	rc = SPI_execute_plan(BrokerPlan(PLAN_MESSAGES_PURGE), values, NULL, false, 0);
-	if (rc != SPI_OK_DELETE)
-		elog(ERROR, "broker: purging failed: %s", SPI_result_code_string(rc));
-	n = SPI_processed;
+	n = purge_messages(q.queue_id);
 	BrokerNoteDeleted();
 	BrokerSPIFinish();
 	PG_RETURN_INT64((int64) n);

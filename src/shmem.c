@@ -149,6 +149,7 @@ broker_shmem_size(void)
 	size = add_size(size, hash_estimate_size(broker_max_queues,
 											 sizeof(BrokerQueueState)));
 	size = add_size(size, BrokerStatsShmemSize());
+	size = add_size(size, BrokerSegmentShmemSize());
 	return size;
 }
 
@@ -159,7 +160,8 @@ broker_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(broker_shmem_size());
-	RequestNamedLWLockTranche("broker", 2);	/* queue states, consumers */
+	RequestNamedLWLockTranche("broker", 3);	/* queue states, consumers,
+												 * segments */
 }
 
 /* shmem_startup_hook: create or attach to the shared structures. */
@@ -200,6 +202,7 @@ broker_shmem_startup(void)
 									  broker_max_queues, broker_max_queues,
 									  &info, HASH_ELEM | HASH_BLOBS);
 	BrokerStatsShmemInit();
+	BrokerSegmentShmemInit();
 
 	LWLockRelease(AddinShmemInitLock);
 }

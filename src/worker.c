@@ -191,19 +191,19 @@ static char my_dbname[NAMEDATALEN];
  * as the plan lives, while a custom plan sees the table's size and the
  * cut-off and picks the expiry index and a TID scan.
  */
-static SPIPlanPtr reap_plans[2];
+static SPIPlanPtr reap_plans[2][BROKER_SEGMENTS];
 
 static const char *const reap_sql[2] = {
-	"DELETE FROM broker.messages m"
+	"DELETE FROM broker.messages_%d m"
 	" WHERE m.ctid " OP("=") " ANY (ARRAY("
-	"   SELECT x.ctid FROM broker.messages x"
+	"   SELECT x.ctid FROM broker.messages_%d x"
 	"    WHERE x.expires_at " OP("<=") " $1"
 	"    ORDER BY x.expires_at LIMIT $2"
 	"      FOR UPDATE SKIP LOCKED))"
 	" RETURNING m.queue_id",
-	"DELETE FROM broker.messages m"
+	"DELETE FROM broker.messages_%d m"
 	" WHERE m.ctid " OP("=") " ANY (ARRAY("
-	"   SELECT x.ctid FROM broker.messages x"
+	"   SELECT x.ctid FROM broker.messages_%d x"
 	"    WHERE x.queue_id " OP("=") " $3"
 	"      AND x.expires_at " OP("<=") " $1"
 	"    ORDER BY x.expires_at LIMIT $2"
@@ -511,27 +511,29 @@ cmp_int32(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* The kept plan of the reaping statement, for all queues or one. */
+/* The kept plan of the reaping statement, for all queues or one, on a segment. */
 static SPIPlanPtr
-reap_plan(bool one_queue)
+reap_plan(bool one_queue, int seg)
 {
 	int			i = one_queue ? 1 : 0;
 
-	if (reap_plans[i] == NULL)
+	if (reap_plans[i][seg] == NULL)
 	{
 		Oid			argtypes[3] = {TIMESTAMPTZOID, INT8OID, INT4OID};
 		SPIPlanPtr	plan;
+		char	   *sql = psprintf(reap_sql[i], seg, seg);
 
-		plan = SPI_prepare_cursor(reap_sql[i], one_queue ? 3 : 2, argtypes,
+		plan = SPI_prepare_cursor(sql, one_queue ? 3 : 2, argtypes,
 								  CURSOR_OPT_CUSTOM_PLAN);
 		if (plan == NULL)
 			elog(ERROR, "broker: SPI_prepare failed for the reaping statement: %s",
 				 SPI_result_code_string(SPI_result));
 		if (SPI_keepplan(plan) != 0)
 			elog(ERROR, "broker: SPI_keepplan failed for the reaping statement");
-		reap_plans[i] = plan;
+		reap_plans[i][seg] = plan;
+		pfree(sql);
 	}
-	return reap_plans[i];
+	return reap_plans[i][seg];
 }
 
 /*
@@ -540,7 +542,7 @@ reap_plan(bool one_queue)
  * queue for the commit to publish.  Caller is connected to SPI.
  */
 static uint64
-reap_batch(int32 queue_id, TimestampTz now, int limit)
+reap_segment(int seg, int32 queue_id, TimestampTz now, int limit)
 {
 	Datum		values[3];
 	int			rc;
@@ -550,7 +552,7 @@ reap_batch(int32 queue_id, TimestampTz now, int limit)
 	values[0] = TimestampTzGetDatum(now);
 	values[1] = Int64GetDatum((int64) limit);
 	values[2] = Int32GetDatum(queue_id);
-	rc = SPI_execute_plan(reap_plan(queue_id > 0), values, NULL, false, 0);
+	rc = SPI_execute_plan(reap_plan(queue_id > 0, seg), values, NULL, false, 0);
 	if (rc != SPI_OK_DELETE_RETURNING)
 		elog(ERROR, "broker: reaping failed: %s", SPI_result_code_string(rc));
 	n = SPI_processed;
@@ -577,6 +579,22 @@ reap_batch(int32 queue_id, TimestampTz now, int limit)
 	}
 	pfree(ids);
 	BrokerNoteDeleted();
+	return n;
+}
+
+/*
+ * Delete up to "limit" expired messages in each segment (see
+ * reap_segment); returns how many in all.
+ */
+static uint64
+reap_batch(int32 queue_id, TimestampTz now, int limit)
+{
+	int			segs[BROKER_SEGMENTS];
+	int			nsegs = BrokerSegmentScanOrder(segs);
+	uint64		n = 0;
+
+	for (int i = 0; i < nsegs; i++)
+		n += reap_segment(segs[i], queue_id, now, limit);
 	return n;
 }
 
@@ -703,6 +721,22 @@ reaper_batch(MemoryContext pass_cxt)
 	return n;
 }
 
+/* Segment maintenance (segment.c) in its own transaction. */
+static void
+reaper_maintain(MemoryContext pass_cxt)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	BrokerSPIConnect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (lock_messages())
+		BrokerSegmentsMaintain();
+	BrokerSPIFinish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(pass_cxt);
+}
+
 /* One pass: batches until nothing expired is left; updates the slot. */
 static void
 reaper_pass(MemoryContext pass_cxt)
@@ -728,6 +762,11 @@ reaper_pass(MemoryContext pass_cxt)
 		slot_set(REAPER_REAPING, 0, 0, (uint64) n);
 		if (n < BROKER_REAP_BATCH)
 			break;
+	}
+	if (installed && !stop_requested())
+	{
+		pgstat_report_activity(STATE_RUNNING, "maintaining message segments");
+		reaper_maintain(pass_cxt);
 	}
 	slot_set(installed ? REAPER_IDLE : REAPER_NO_EXTENSION, start,
 			 GetCurrentTimestamp() - start, 0);

@@ -167,10 +167,10 @@ is( $plain->safe_psql(
 # enqueue needs shared memory; write expired messages directly.
 $plain->safe_psql(
 	'postgres', q{
-INSERT INTO broker.messages (queue_id, id, vt, enqueued_at, expires_at, payload)
+INSERT INTO broker.messages_0 (queue_id, id, vt, enqueued_at, expires_at, payload)
 SELECT 1, i, now(), now() - interval '1 min', now() - interval '1 s', '{}'
   FROM generate_series(1, 1500) i;
-INSERT INTO broker.messages (queue_id, id, vt, enqueued_at, expires_at, payload)
+INSERT INTO broker.messages_0 (queue_id, id, vt, enqueued_at, expires_at, payload)
 VALUES (1, 2000, now(), now(), NULL, '{}');
 });
 is($plain->safe_psql('postgres', q{SELECT broker.reap('q')}),
