@@ -238,6 +238,9 @@ broker_extend_lease(PG_FUNCTION_ARGS)
 	}
 	else
 		done = set_vt(fcinfo, &q, PLAN_EXTEND, lease, &vt);
+	/* A shortened lease may run out before anything else a waiter knows. */
+	if (done)
+		BrokerNoteDue(q.queue_id, vt);
 	BrokerSPIFinish();
 	if (!done)
 		PG_RETURN_NULL();

@@ -229,11 +229,9 @@ take_messages_deferred(const BrokerQueue *q, BrokerQueueState *state, int seg,
 		delivered++;
 	}
 
+	/* The lease's due time is noted when it is written (lease.c). */
 	if (delivered > 0)
-	{
 		BrokerCount(q->queue_id, BROKER_COUNT_DELIVERED, delivered);
-		BrokerNoteDue(q->queue_id, vt);
-	}
 	if (ndead > 0)
 	{
 		DeadMessage *dead = palloc(sizeof(DeadMessage) * ndead);

@@ -244,6 +244,7 @@ flush_segment(int seg)
 
 		if (e->deleted || e->seg != seg)
 			continue;
+		BrokerNoteDue(e->queue_id, e->vt);	/* waiters must wake when it runs out */
 		tids[n] = PointerGetDatum(&e->tid);
 		vts[n] = TimestampTzGetDatum(e->vt);
 		dcs[n] = Int32GetDatum(e->delivery_count);

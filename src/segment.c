@@ -98,7 +98,7 @@ BrokerSegmentShmemInit(void)
 	info.entrysize = sizeof(SegState);
 	seg_hash = ShmemInitHash("broker segments", BROKER_MAX_INSTALLATIONS,
 							 BROKER_MAX_INSTALLATIONS, &info,
-							 HASH_ELEM | HASH_BLOBS);
+							 HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 	seg_lock = &(GetNamedLWLockTranche("broker"))[2].lock;
 }
 
@@ -434,6 +434,11 @@ broker_maintain_segments(PG_FUNCTION_ARGS)
 	SegState   *st;
 
 	BrokerRequireSharedMemory();
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("broker.maintain_segments() must run in a READ COMMITTED transaction"),
+				 errdetail("It checks that a segment is empty with a new snapshot; an older one could miss a message committed since.")));
 	InitMaterializedSRF(fcinfo, 0);
 	BrokerSPIConnect();
 	BrokerSegmentsMaintain();

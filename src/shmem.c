@@ -200,7 +200,7 @@ broker_shmem_startup(void)
 	info.entrysize = sizeof(BrokerQueueState);
 	broker_queue_hash = ShmemInitHash("broker queue states",
 									  broker_max_queues, broker_max_queues,
-									  &info, HASH_ELEM | HASH_BLOBS);
+									  &info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 	BrokerStatsShmemInit();
 	BrokerSegmentShmemInit();
 
@@ -296,9 +296,13 @@ BrokerQueueStateGet(int32 queue_id, bool create)
 	return state;
 }
 
-/* The pending entry of a queue in the current subtransaction. */
+/*
+ * The pending entry of a queue in the current subtransaction; with
+ * create_state, also make sure the queue has shared state for the commit
+ * to publish to.
+ */
 static BrokerPending *
-pending_entry(int32 queue_id)
+pending_entry(int32 queue_id, bool create_state)
 {
 	SubTransactionId subid = GetCurrentSubTransactionId();
 	BrokerPending *p;
@@ -319,8 +323,8 @@ pending_entry(int32 queue_id)
 			pending = repalloc(pending, newmax * sizeof(BrokerPending));
 		maxpending = newmax;
 	}
-	/* Make sure the queue has shared state for the commit to publish to. */
-	(void) BrokerQueueStateGet(queue_id, true);
+	if (create_state)
+		(void) BrokerQueueStateGet(queue_id, true);
 	p = &pending[npending++];
 	memset(p, 0, sizeof(*p));
 	p->defs_relid = BrokerGetRels()->queue_defs;
@@ -339,7 +343,7 @@ BrokerCount(int32 queue_id, BrokerCounter counter, int64 n)
 		return;
 	BrokerRequireSharedMemory();
 	if (n != 0)
-		pending_entry(queue_id)->counts[counter] += n;
+		pending_entry(queue_id, true)->counts[counter] += n;
 }
 
 /*
@@ -354,7 +358,7 @@ BrokerNoteDue(int32 queue_id, TimestampTz due)
 	if (!BrokerSharedMemoryReady())
 		return;
 	BrokerRequireSharedMemory();
-	p = pending_entry(queue_id);
+	p = pending_entry(queue_id, true);
 	if (due < p->min_due)
 		p->min_due = due;
 }
@@ -398,7 +402,7 @@ BrokerNoteDroppedQueue(int32 queue_id)
 	if (!BrokerSharedMemoryReady())
 		return;
 	BrokerRequireSharedMemory();
-	pending_entry(queue_id)->dropped = true;
+	pending_entry(queue_id, false)->dropped = true;
 }
 
 /*

@@ -12,7 +12,7 @@
  * The table lives in shared memory and holds broker.max_consumers entries
  * for all databases.  When it is full, the entry seen longest ago is
  * recycled for the new consumer; the counts of recycled entries are added
- * up and shown as one row, consumer "(evicted)" with a NULL queue, so an
+ * up and shown as one row, consumer "(evicted, all databases)" with a NULL queue, so an
  * operator sees both that the table is too small and how much it forgot.
  * Protected by the second LWLock of the "broker" tranche.
  *
@@ -92,7 +92,7 @@ BrokerStatsShmemInit(void)
 	info.entrysize = sizeof(ConsumerEntry);
 	consumer_hash = ShmemInitHash("broker consumer history",
 								  broker_max_consumers, broker_max_consumers,
-								  &info, HASH_ELEM | HASH_BLOBS);
+								  &info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 }
 
 /* Recycle the entry seen longest ago (caller holds the lock exclusively). */
@@ -237,7 +237,7 @@ broker_consumers(PG_FUNCTION_ARGS)
 		Datum		values[5];
 		bool		nulls[5] = {false, true, false, false, true};
 
-		values[0] = CStringGetTextDatum("(evicted)");
+		values[0] = CStringGetTextDatum("(evicted, all databases)");
 		values[1] = (Datum) 0;
 		values[2] = Int64GetDatum((int64) evicted_delivered);
 		values[3] = Int64GetDatum((int64) evicted_deleted);

@@ -84,6 +84,7 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "tcop/utility.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
@@ -484,7 +485,8 @@ worker_process_utility(PlannedStmt *pstmt, const char *queryString,
 	{
 		Oid			dboid = get_database_oid(dbname, true);
 
-		if (OidIsValid(dboid))
+		/* Only for whoever may run the command: others get its own error. */
+		if (OidIsValid(dboid) && pg_database_ownercheck(dboid, GetUserId()))
 			stop_reaper_for_command(dboid);
 	}
 
