@@ -15,8 +15,9 @@
  * of every dead row at once, without VACUUM and whatever old snapshot
  * another session holds (a REPEATABLE READ transaction that later reads
  * the segment sees it empty, as with PgQ's rotation).  A few live rows left
- * in the segment that must become current next (long leases, long delays,
- * a backlog as old as a whole rotation) are moved to the current segment,
+ * in the segment that must become current next (long leases, long delays;
+ * at most a tenth of broker.segment_size, else the backlog is left to the
+ * consumers and the rotation waits) are moved to the current segment,
  * with every column kept (their ids are then outside that segment's range;
  * lookups by id try every segment, the likely one first).
  *
@@ -328,6 +329,23 @@ run_on_segment(const char *fmt, int seg, int expect)
 	return SPI_processed;
 }
 
+/* Live rows of a segment, counted up to "upto". */
+static int64
+count_rows(int seg, int64 upto)
+{
+	char	   *sql = psprintf("SELECT count(*) FROM (SELECT 1 FROM broker.messages_%d"
+							   " LIMIT " INT64_FORMAT ") s", seg, upto);
+	int			rc = SPI_execute(sql, false, 1);
+	bool		isnull;
+
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "broker: counting a segment's rows failed: %s",
+			 SPI_result_code_string(rc));
+	pfree(sql);
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									   SPI_tuptable->tupdesc, 1, &isnull));
+}
+
 /* Move up to BROKER_MOVE_BATCH rows, every column kept, to another segment. */
 static void
 move_rows(int from, int to)
@@ -380,18 +398,25 @@ BrokerSegmentsMaintain(void)
 		CHECK_FOR_INTERRUPTS();
 		if (seg == cur || (st->drained & (1u << seg)) != 0)
 			continue;
-		/* Cheap look first: live rows left, nothing to do yet. */
-		if (!(seg == next && rotate_due) &&
-			run_on_segment("SELECT 1 FROM broker.messages_%d LIMIT 1", seg,
-						   SPI_OK_SELECT) > 0)
+		/*
+		 * Cheap look first, without the lock: live rows left, nothing to do
+		 * yet.  Only the segment that must become current next has its last
+		 * rows moved out, and only a few: a real backlog there is the head
+		 * of the queues, soon consumed, and is left to the consumers.
+		 */
+		if (seg == next && rotate_due)
+		{
+			if (count_rows(seg, broker_segment_size / 10 + 1) > broker_segment_size / 10)
+				continue;
+		}
+		else if (count_rows(seg, 1) > 0)
 			continue;
 		if (!lock_segment(rels->segment[seg]))
 			continue;
 		/* With the lock, every writer of the segment has finished. */
 		if (seg == next && rotate_due)
 			move_rows(seg, cur);
-		if (run_on_segment("SELECT 1 FROM broker.messages_%d LIMIT 1", seg,
-						   SPI_OK_SELECT) > 0)
+		if (count_rows(seg, 1) > 0)
 			continue;
 		SpinLockAcquire(&st->mutex);
 		st->drained |= 1u << seg;
