@@ -221,7 +221,8 @@ AS 'MODULE_PATHNAME', 'broker_metrics'
 LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
 CREATE FUNCTION broker.waiters(queue text DEFAULT NULL)
-RETURNS TABLE(queue text, waiting integer, wakeups bigint, empty_wakeups bigint)
+RETURNS TABLE(queue text, waiting integer, wakeups bigint, empty_wakeups bigint,
+              low_water_mark bigint, next_due timestamptz)
 AS 'MODULE_PATHNAME', 'broker_waiters'
 LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 

@@ -77,7 +77,7 @@ broker_delete(PG_FUNCTION_ARGS)
 	}
 	for (int i = 0; i < nsegs; i++)
 	{
-		rc = SPI_execute_plan(BrokerPlanSeg(plan, segs[i]), values, NULL, false, 0);
+		rc = BrokerExecute(BrokerPlanSeg(plan, segs[i]), values, NULL, 0);
 		if (rc != SPI_OK_DELETE)
 			elog(ERROR, "broker: delete failed: %s", SPI_result_code_string(rc));
 		if (SPI_processed > 0)
@@ -113,8 +113,8 @@ broker_delete_many(PG_FUNCTION_ARGS)
 	nsegs = BrokerSegmentScanOrder(segs);
 	for (int s = 0; s < nsegs; s++)
 	{
-		rc = SPI_execute_plan(BrokerPlanSeg(PLAN_DELETE_MANY, segs[s]), values,
-							  NULL, false, 0);
+		rc = BrokerExecute(BrokerPlanSeg(PLAN_DELETE_MANY, segs[s]), values,
+							  NULL, 0);
 		if (rc != SPI_OK_DELETE_RETURNING)
 			elog(ERROR, "broker: delete failed: %s", SPI_result_code_string(rc));
 		for (uint64 i = 0; i < SPI_processed; i++)
@@ -159,7 +159,7 @@ set_vt(FunctionCallInfo fcinfo, const BrokerQueue *q, BrokerPlanId plan,
 	nsegs = BrokerSegmentLookupOrder(PG_GETARG_INT64(1), segs);
 	for (i = 0; i < nsegs; i++)
 	{
-		rc = SPI_execute_plan(BrokerPlanSeg(plan, segs[i]), values, NULL, false, 0);
+		rc = BrokerExecute(BrokerPlanSeg(plan, segs[i]), values, NULL, 0);
 		if (rc != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "broker: lease update failed: %s",
 				 SPI_result_code_string(rc));

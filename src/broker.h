@@ -98,6 +98,8 @@ extern void BrokerLockQueue(text *name, LOCKMODE mode, BrokerQueue *out);
 extern void BrokerInvalidateQueues(void);
 extern SPIPlanPtr BrokerPlan(BrokerPlanId id);
 extern SPIPlanPtr BrokerPlanSeg(BrokerPlanId id, int seg);
+extern int	BrokerExecute(SPIPlanPtr plan, Datum *values, const char *nulls,
+						  long count);
 extern void BrokerSPIConnect(void);
 extern void BrokerSPIFinish(void);
 

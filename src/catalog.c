@@ -32,6 +32,7 @@
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "lib/stringinfo.h"
+#include "optimizer/cost.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -434,6 +435,38 @@ BrokerPlanSeg(BrokerPlanId id, int seg)
 		pfree(buf.data);
 	}
 	return plans[id][seg + 1];
+}
+
+/*
+ * Execute a kept plan that must use the primary key (every per-segment
+ * statement).  A generic plan is made, or made again after an
+ * invalidation, with the statistics of that moment: planned while a
+ * segment is empty or just truncated, "seq scan and sort" looks cheapest
+ * and would then be kept while the segment fills up, making every call
+ * read the whole segment.  Planning with sequential and bitmap scans
+ * disabled keeps every plan on the index, whatever the statistics; the
+ * settings are restored at once, also on error.
+ */
+int
+BrokerExecute(SPIPlanPtr plan, Datum *values, const char *nulls, long count)
+{
+	bool		save_seqscan = enable_seqscan;
+	bool		save_bitmapscan = enable_bitmapscan;
+	volatile int rc = 0;
+
+	enable_seqscan = false;
+	enable_bitmapscan = false;
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(plan, values, nulls, false, count);
+	}
+	PG_FINALLY();
+	{
+		enable_seqscan = save_seqscan;
+		enable_bitmapscan = save_bitmapscan;
+	}
+	PG_END_TRY();
+	return rc;
 }
 
 /* Refuse a name that is not 1-48 of [a-z0-9_] not starting with a digit. */

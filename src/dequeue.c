@@ -118,7 +118,7 @@ take_messages(const BrokerQueue *q, BrokerQueueState *state, int seg, int limit,
 	values[5] = Int64GetDatum((int64) (pg_prng_uint64(&pg_global_prng_state) >> 2));
 	values[6] = Int32GetDatum(q->max_deliveries > 0 ? q->max_deliveries : PG_INT32_MAX);
 
-	rc = SPI_execute_plan(BrokerPlanSeg(PLAN_DEQUEUE, seg), values, NULL, false, 0);
+	rc = BrokerExecute(BrokerPlanSeg(PLAN_DEQUEUE, seg), values, NULL, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "broker: dequeue failed: %s", SPI_result_code_string(rc));
 
@@ -191,8 +191,7 @@ take_messages_deferred(const BrokerQueue *q, BrokerQueueState *state, int seg,
 	values[3] = Int32GetDatum(limit);
 	values[4] = PointerGetDatum(BrokerLeaseIds(q->queue_id));
 
-	rc = SPI_execute_plan(BrokerPlanSeg(PLAN_DEQUEUE_LOCK, seg), values, NULL,
-						  false, 0);
+	rc = BrokerExecute(BrokerPlanSeg(PLAN_DEQUEUE_LOCK, seg), values, NULL, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "broker: dequeue failed: %s", SPI_result_code_string(rc));
 
@@ -241,8 +240,7 @@ take_messages_deferred(const BrokerQueue *q, BrokerQueueState *state, int seg,
 		arg[0] = PointerGetDatum(construct_array(dead_tids, ndead, TIDOID,
 												 sizeof(ItemPointerData), false,
 												 TYPALIGN_SHORT));
-		rc = SPI_execute_plan(BrokerPlanSeg(PLAN_DELETE_TIDS, seg), arg, NULL,
-							  false, 0);
+		rc = BrokerExecute(BrokerPlanSeg(PLAN_DELETE_TIDS, seg), arg, NULL, 0);
 		if (rc != SPI_OK_DELETE_RETURNING)
 			elog(ERROR, "broker: dead-lettering failed: %s", SPI_result_code_string(rc));
 		ndead = (int) SPI_processed;
@@ -314,7 +312,7 @@ refresh_next_due(const BrokerQueue *q, BrokerQueueState *state,
 	values[0] = Int32GetDatum(q->queue_id);
 	values[1] = Int64GetDatum((int64) pg_atomic_read_u64(&state->lwm));
 	values[2] = TimestampTzGetDatum(now);
-	rc = SPI_execute_plan(BrokerPlan(PLAN_NEXT_DUE), values, NULL, false, 1);
+	rc = BrokerExecute(BrokerPlan(PLAN_NEXT_DUE), values, NULL, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "broker: next-due lookup failed: %s", SPI_result_code_string(rc));
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

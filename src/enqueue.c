@@ -75,7 +75,7 @@ BrokerEnqueueOne(const BrokerQueue *q, Jsonb *payload, Jsonb *headers,
 	values[6] = headers ? JsonbPGetDatum(headers) : (Datum) 0;
 	nulls[6] = headers ? ' ' : 'n';
 
-	rc = SPI_execute_plan(BrokerPlanSeg(PLAN_ENQUEUE, seg), values, nulls, false, 0);
+	rc = BrokerExecute(BrokerPlanSeg(PLAN_ENQUEUE, seg), values, nulls, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "broker: enqueue failed: %s", SPI_result_code_string(rc));
 	BrokerSegmentInserted(seg);
@@ -226,8 +226,7 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 	nulls[6] = headers ? ' ' : 'n';
 
 	seg = BrokerSegmentCurrent();
-	rc = SPI_execute_plan(BrokerPlanSeg(PLAN_ENQUEUE_BATCH, seg), values, nulls,
-						  false, 0);
+	rc = BrokerExecute(BrokerPlanSeg(PLAN_ENQUEUE_BATCH, seg), values, nulls, 0);
 	if (rc != SPI_OK_INSERT || SPI_processed != (uint64) n)
 		elog(ERROR, "broker: batch enqueue failed: %s", SPI_result_code_string(rc));
 	BrokerSegmentInserted(seg);

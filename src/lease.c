@@ -267,8 +267,7 @@ flush_segment(int seg)
 												   INT8OID, sizeof(int64),
 												   FLOAT8PASSBYVAL,
 												   TYPALIGN_DOUBLE));
-	rc = SPI_execute_plan(BrokerPlanSeg(PLAN_LEASE_WRITE, seg), values, NULL,
-						  false, 0);
+	rc = BrokerExecute(BrokerPlanSeg(PLAN_LEASE_WRITE, seg), values, NULL, 0);
 	if (rc != SPI_OK_UPDATE)
 		elog(ERROR, "broker: writing leases failed: %s",
 			 SPI_result_code_string(rc));

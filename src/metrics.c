@@ -107,13 +107,19 @@ broker_waiters(PG_FUNCTION_ARGS)
 		int32		queue_id = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc,
 														   1, &isnull));
 		BrokerQueueState *state = BrokerQueueStateGet(queue_id, false);
-		Datum		out[4];
-		bool		outnull[4] = {false, false, false, false};
+		Datum		out[6];
+		bool		outnull[6] = {false, false, false, false, false, false};
 
 		out[0] = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
 		out[1] = Int32GetDatum(state ? (int32) pg_atomic_read_u32(&state->waiters) : 0);
 		out[2] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->wakeups) : 0);
 		out[3] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->empty_wakeups) : 0);
+		/* diagnostics: where dequeues start, and when a waiter next wakes */
+		out[4] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->lwm) : 0);
+		outnull[4] = state == NULL;
+		out[5] = TimestampTzGetDatum(state ? (TimestampTz) pg_atomic_read_u64(&state->next_due) : 0);
+		outnull[5] = state == NULL ||
+			(TimestampTz) pg_atomic_read_u64(&state->next_due) == BROKER_NO_DUE;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnull);
 	}
 	BrokerSPIFinish();

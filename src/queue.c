@@ -138,8 +138,8 @@ purge_messages(int32 queue_id)
 	values[0] = Int32GetDatum(queue_id);
 	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
 	{
-		int			rc = SPI_execute_plan(BrokerPlanSeg(PLAN_MESSAGES_PURGE, seg),
-										  values, NULL, false, 0);
+		int			rc = BrokerExecute(BrokerPlanSeg(PLAN_MESSAGES_PURGE, seg),
+										  values, NULL, 0);
 
 		if (rc != SPI_OK_DELETE)
 			elog(ERROR, "broker: deleting messages failed: %s",

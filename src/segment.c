@@ -315,6 +315,44 @@ lock_segment(Oid relid)
 	return locked;
 }
 
+static uint64 run_on_segment(const char *fmt, int seg, int expect);
+
+/*
+ * TRUNCATE a segment (its lock is held); false, and nothing done, if this
+ * very session still has it open in a running query (55006), as when
+ * maintain_segments() is called from a query that reads broker.messages.
+ */
+static bool
+truncate_segment(int seg)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool done = false;
+
+	BeginInternalSubTransaction(NULL);
+	PG_TRY();
+	{
+		run_on_segment("TRUNCATE broker.messages_%d", seg, SPI_OK_UTILITY);
+		ReleaseCurrentSubTransaction();
+		done = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_OBJECT_IN_USE)
+			PG_RE_THROW();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return done;
+}
+
 /* Run a statement on one segment (text with %d for the segment). */
 static uint64
 run_on_segment(const char *fmt, int seg, int expect)
@@ -421,7 +459,12 @@ BrokerSegmentsMaintain(void)
 		SpinLockAcquire(&st->mutex);
 		st->drained |= 1u << seg;
 		SpinLockRelease(&st->mutex);
-		run_on_segment("TRUNCATE broker.messages_%d", seg, SPI_OK_UTILITY);
+		if (!truncate_segment(seg))
+		{
+			SpinLockAcquire(&st->mutex);
+			st->drained &= ~(1u << seg);
+			SpinLockRelease(&st->mutex);
+		}
 	}
 
 	if (rotate_due && (st->drained & (1u << next)) != 0)

@@ -543,22 +543,29 @@ BrokerMaybeRefreshLwm(int32 queue_id, BrokerQueueState *state)
 			char		nulls[2] = {' ', ' '};
 			int			rc;
 
+			int			segs[BROKER_SEGMENTS];
+			int			nsegs = BrokerSegmentScanOrder(segs);
+
 			values[0] = Int32GetDatum(queue_id);
 			values[1] = Int64GetDatum(old);
-			rc = SPI_execute_plan(BrokerPlan(PLAN_LWM_PROBE), values, nulls,
-								  false, 1);
-			if (rc != SPI_OK_SELECT)
-				elog(ERROR, "broker: low-water mark probe failed: %s",
-					 SPI_result_code_string(rc));
-			if (SPI_processed == 1)
+			/* One index probe per segment: the view would be scanned whole. */
+			for (int i = 0; i < nsegs; i++)
 			{
-				bool		isnull;
-				int64		m = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-															SPI_tuptable->tupdesc,
-															1, &isnull));
+				rc = BrokerExecute(BrokerPlanSeg(PLAN_LWM_PROBE, segs[i]),
+									  values, nulls, 1);
+				if (rc != SPI_OK_SELECT)
+					elog(ERROR, "broker: low-water mark probe failed: %s",
+						 SPI_result_code_string(rc));
+				if (SPI_processed == 1)
+				{
+					bool		isnull;
+					int64		m = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+																SPI_tuptable->tupdesc,
+																1, &isnull));
 
-				if (m < floor)
-					floor = m;
+					if (m < floor)
+						floor = m;
+				}
 			}
 			/* Only ever move the mark up. */
 			while (floor > old)
