@@ -187,6 +187,7 @@ extern int	BrokerSegmentScanOrder(int *segs);
 extern int	BrokerSegmentLookupOrder(int64 id, int *segs);
 extern void BrokerSegmentInserted(int seg);
 extern void BrokerSegmentsMaintain(void);
+extern bool BrokerSegmentsLockAll(LOCKMODE mode);
 
 /* --- consumer history (stats.c) --- */
 extern char *broker_consumer_name;

@@ -276,11 +276,11 @@ BrokerSegmentInserted(int seg)
 }
 
 /*
- * Take a segment's AccessExclusiveLock, waiting at most 50 ms; false if
- * it could not be had now (someone is still using the segment).
+ * Take a lock on a segment, waiting at most 50 ms; false if it could not
+ * be had now (someone is still using the segment).
  */
 static bool
-lock_segment(Oid relid)
+lock_segment(Oid relid, LOCKMODE mode)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -293,7 +293,7 @@ lock_segment(Oid relid)
 
 		(void) set_config_option("lock_timeout", "50", PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
-		LockRelationOid(relid, AccessExclusiveLock);
+		LockRelationOid(relid, mode);
 		AtEOXact_GUC(true, nest);
 		ReleaseCurrentSubTransaction();
 		locked = true;
@@ -365,6 +365,26 @@ run_on_segment(const char *fmt, int seg, int expect)
 			 sql, SPI_result_code_string(rc));
 	pfree(sql);
 	return SPI_processed;
+}
+
+/*
+ * Lock every segment in the given mode, in segment order, waiting at most
+ * 50 ms for each; false if one could not be had.  The background worker
+ * does this before it touches the segments, so that it never waits long
+ * while holding other locks: DROP EXTENSION, which takes the same tables
+ * in another order, then waits for it instead of deadlocking with it.
+ */
+bool
+BrokerSegmentsLockAll(LOCKMODE mode)
+{
+	const BrokerRels *rels = BrokerGetRels();
+
+	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
+	{
+		if (!lock_segment(rels->segment[seg], mode))
+			return false;
+	}
+	return true;
 }
 
 /* Live rows of a segment, counted up to "upto". */
@@ -449,7 +469,7 @@ BrokerSegmentsMaintain(void)
 		}
 		else if (count_rows(seg, 1) > 0)
 			continue;
-		if (!lock_segment(rels->segment[seg]))
+		if (!lock_segment(rels->segment[seg], AccessExclusiveLock))
 			continue;
 		/* With the lock, every writer of the segment has finished. */
 		if (seg == next && rotate_due)

@@ -714,7 +714,8 @@ reaper_batch(MemoryContext pass_cxt)
 	PushActiveSnapshot(GetTransactionSnapshot());
 
 	if (lock_messages())
-		n = (int64) reap_batch(0, GetCurrentTimestamp(), BROKER_REAP_BATCH);
+		n = BrokerSegmentsLockAll(RowExclusiveLock) ?
+			(int64) reap_batch(0, GetCurrentTimestamp(), BROKER_REAP_BATCH) : 0;
 
 	BrokerSPIFinish();
 	PopActiveSnapshot();
@@ -731,7 +732,7 @@ reaper_maintain(MemoryContext pass_cxt)
 	StartTransactionCommand();
 	BrokerSPIConnect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (lock_messages())
+	if (lock_messages() && BrokerSegmentsLockAll(RowExclusiveLock))
 		BrokerSegmentsMaintain();
 	BrokerSPIFinish();
 	PopActiveSnapshot();
