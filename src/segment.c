@@ -275,55 +275,16 @@ BrokerSegmentInserted(int seg)
 	SpinLockRelease(&st->mutex);
 }
 
-/*
- * Take a lock on a segment, waiting at most 50 ms; false if it could not
- * be had now (someone is still using the segment).
- */
-static bool
-lock_segment(Oid relid, LOCKMODE mode)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool locked = false;
-
-	BeginInternalSubTransaction(NULL);
-	PG_TRY();
-	{
-		int			nest = NewGUCNestLevel();
-
-		(void) set_config_option("lock_timeout", "50", PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
-		LockRelationOid(relid, mode);
-		AtEOXact_GUC(true, nest);
-		ReleaseCurrentSubTransaction();
-		locked = true;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
-			PG_RE_THROW();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	return locked;
-}
-
-static uint64 run_on_segment(const char *fmt, int seg, int expect);
+/* A step that may fail with one tolerated error (see try_step). */
+typedef void (*SegmentStep) (Oid relid, int seg, LOCKMODE mode);
 
 /*
- * TRUNCATE a segment (its lock is held); false, and nothing done, if this
- * very session still has it open in a running query (55006), as when
- * maintain_segments() is called from a query that reads broker.messages.
+ * Run a step in a subtransaction: true if it succeeded, false if it failed
+ * with the tolerated SQLSTATE (its effects rolled back); any other error
+ * propagates.
  */
 static bool
-truncate_segment(int seg)
+try_step(SegmentStep step, Oid relid, int seg, LOCKMODE mode, int tolerated)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -332,7 +293,7 @@ truncate_segment(int seg)
 	BeginInternalSubTransaction(NULL);
 	PG_TRY();
 	{
-		run_on_segment("TRUNCATE broker.messages_%d", seg, SPI_OK_UTILITY);
+		step(relid, seg, mode);
 		ReleaseCurrentSubTransaction();
 		done = true;
 	}
@@ -342,7 +303,7 @@ truncate_segment(int seg)
 
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
-		if (edata->sqlerrcode != ERRCODE_OBJECT_IN_USE)
+		if (edata->sqlerrcode != tolerated)
 			PG_RE_THROW();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
@@ -351,6 +312,51 @@ truncate_segment(int seg)
 	MemoryContextSwitchTo(cxt);
 	CurrentResourceOwner = owner;
 	return done;
+}
+
+/* Step: lock a relation, waiting at most 50 ms. */
+static void
+lock_step(Oid relid, int seg, LOCKMODE mode)
+{
+	int			nest = NewGUCNestLevel();
+
+	(void) seg;
+	(void) set_config_option("lock_timeout", "50", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	LockRelationOid(relid, mode);
+	AtEOXact_GUC(true, nest);
+}
+
+static uint64 run_on_segment(const char *fmt, int seg, int expect);
+
+/* Step: TRUNCATE a segment. */
+static void
+truncate_step(Oid relid, int seg, LOCKMODE mode)
+{
+	(void) relid;
+	(void) mode;
+	run_on_segment("TRUNCATE broker.messages_%d", seg, SPI_OK_UTILITY);
+}
+
+/*
+ * Take a lock on a segment, waiting at most 50 ms; false if it could not
+ * be had now (someone is still using the segment).
+ */
+static bool
+lock_segment(Oid relid, LOCKMODE mode)
+{
+	return try_step(lock_step, relid, -1, mode, ERRCODE_LOCK_NOT_AVAILABLE);
+}
+
+/*
+ * TRUNCATE a segment (its lock is held); false, and nothing done, if this
+ * very session still has it open in a running query (55006), as when
+ * maintain_segments() is called from a query that reads broker.messages.
+ */
+static bool
+truncate_segment(int seg)
+{
+	return try_step(truncate_step, InvalidOid, seg, NoLock, ERRCODE_OBJECT_IN_USE);
 }
 
 /* Run a statement on one segment (text with %d for the segment). */
