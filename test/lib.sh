@@ -3,6 +3,7 @@
 # runs throw-away clusters.  Source it; it defines functions only.
 
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+SYSTEM_PGBIN=$PGBIN
 export PATH="$PGBIN:$PATH"
 
 log() { printf '\n== %s\n' "$*" >&2; }
@@ -35,21 +36,88 @@ ensure_deps() {
 make_build_tree() {
     local src=$1 dst
     dst=$(mktemp -d /tmp/broker-build.XXXXXX)
-    (cd "$src" && tar --exclude=./.git --exclude='./tmp_check*' --exclude=./results \
+    (cd "$src" && tar --exclude=./.git --exclude=./.install --exclude='./tmp_check*' --exclude=./results \
         --exclude=./output_iso -cf - .) | (cd "$dst" && tar -xf -)
     if [ "$(id -u)" = 0 ]; then chown -R postgres: "$dst"; fi
     chmod 755 "$dst"
     echo "$dst"
 }
 
-# Build (with the given extra CFLAGS) and install the extension from a tree.
+# A private installation of the server under $1: its binaries copied, its
+# libraries and shared files linked.  PostgreSQL finds its lib and share
+# directories relative to its binaries, so a server started from there loads
+# the broker installed there, and `make install` with its pg_config puts the
+# broker there and nowhere else: two runs on one machine never replace each
+# other's files, and the system's installation is not touched.
+make_private_install() {
+    local root=$1 sys_config=$2 bin lib share d f
+    bin=$("$sys_config" --bindir)
+    lib=$("$sys_config" --pkglibdir)
+    share=$("$sys_config" --sharedir)
+    mkdir -p "$root$bin" "$root$lib" "$root$share/extension"
+    # copied, not linked: a linked binary resolves to the system's directory
+    cp -a "$bin/." "$root$bin/"
+    for f in "$lib"/*; do
+        case "$(basename "$f")" in broker*|bitcode) ;; *) ln -s "$f" "$root$lib/" ;; esac
+    done
+    if [ -d "$lib/bitcode" ]; then
+        mkdir -p "$root$lib/bitcode"
+        for f in "$lib/bitcode"/*; do
+            case "$(basename "$f")" in broker*) ;; *) ln -s "$f" "$root$lib/bitcode/" ;; esac
+        done
+    fi
+    for f in "$share"/*; do
+        [ "$(basename "$f")" = extension ] || ln -s "$f" "$root$share/"
+    done
+    for f in "$share/extension"/*; do
+        case "$(basename "$f")" in broker*) ;; *) ln -s "$f" "$root$share/extension/" ;; esac
+    done
+    # headers and libpq stay the system's
+    for d in $("$sys_config" --includedir) $("$sys_config" --pkgincludedir) \
+             $("$sys_config" --includedir-server) $("$sys_config" --libdir); do
+        [ -e "$root$d" ] && continue
+        mkdir -p "$(dirname "$root$d")"
+        ln -s "$d" "$root$d"
+    done
+}
+
+# Use the private installation under $1: sets PGBIN and PG_CONFIG and puts
+# PGBIN first in PATH.
+use_private_install() {
+    local root=$1
+    PGBIN="$root$("$SYSTEM_PGBIN/pg_config" --bindir)"
+    PG_CONFIG="$PGBIN/pg_config"
+    export PGBIN PG_CONFIG PATH="$PGBIN:$PATH"
+}
+
+# Build (with the given extra CFLAGS) and install the extension from a tree
+# into a private installation inside the tree (see make_private_install).
 build_install() {
     local tree=$1 cflags=${2:-}
     log "building broker in $tree"
-    as_pg make -C "$tree" -s clean >/dev/null
-    as_pg make -C "$tree" -s ${cflags:+PG_CFLAGS="$cflags"} >/dev/null
-    as_root make -C "$tree" -s install >/dev/null
-    as_pg make -C "$tree" -s check-version
+    as_pg bash -c "$(declare -f make_private_install); make_private_install '$tree/.install' '$SYSTEM_PGBIN/pg_config'" ||
+        return 1
+    use_private_install "$tree/.install"
+    as_pg make -C "$tree" -s PG_CONFIG="$PG_CONFIG" clean >/dev/null &&
+    as_pg make -C "$tree" -s PG_CONFIG="$PG_CONFIG" ${cflags:+PG_CFLAGS="$cflags"} >/dev/null &&
+    as_pg make -C "$tree" -s PG_CONFIG="$PG_CONFIG" install >/dev/null &&
+    as_pg make -C "$tree" -s PG_CONFIG="$PG_CONFIG" check-version
+}
+
+# Check that a running server loaded the broker library of the private
+# installation under $1 (its postmaster maps that file) and reports the
+# version of broker.control.
+check_loaded_library() {
+    local root=$1 datadir=$2 want lib pid
+    want=$(sed -n "s/^default_version *= *'\(.*\)'/\1/p" "$root/../broker.control")
+    lib="$root$("$SYSTEM_PGBIN/pg_config" --pkglibdir)/broker.so"
+    pid=$(head -1 "$datadir/postmaster.pid")
+    if ! grep -qF "$lib" "/proc/$pid/maps"; then
+        echo "the server did not load $lib" >&2; return 1
+    fi
+    if [ "$(as_pg psql -XAtq -c "SELECT library_version FROM broker.health() LIMIT 1")" != "$want" ]; then
+        echo "the server's broker library is not version $want" >&2; return 1
+    fi
 }
 
 # Start a throw-away cluster with broker preloaded; sets CLUSTER_DIR, PGHOST, PGPORT.

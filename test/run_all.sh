@@ -45,14 +45,20 @@ stage() {
     fi
 }
 
-stage "pg_regress" as_pg make -C "$tree" installcheck ISOLATION= TAP_TESTS=
-stage "isolation" as_pg make -C "$tree" installcheck REGRESS= TAP_TESTS=
-stage "TAP" as_pg make -C "$tree" installcheck REGRESS= ISOLATION= PROVE_FLAGS=--timer
+mk=(as_pg make -C "$tree" PG_CONFIG="$PG_CONFIG")
+stage "pg_regress" "${mk[@]}" installcheck ISOLATION= TAP_TESTS=
+stage "isolation" "${mk[@]}" installcheck REGRESS= TAP_TESTS=
+stage "TAP" "${mk[@]}" installcheck REGRESS= ISOLATION= PROVE_FLAGS=--timer
 
 log "simulator"
 if sim=$(build_sim "$tree"); then
     start_cluster "shared_buffers = 256MB"
     as_pg psql -X -q -c "CREATE EXTENSION broker" >/dev/null
+    if check_loaded_library "$tree/.install" "$CLUSTER_DIR/data"; then
+        echo "server loaded the library built here ... ok"; passed=$((passed + 1))
+    else
+        echo "server loaded the library built here ... FAILED"; failed=$((failed + 1))
+    fi
     for args in "-p 4 -c 4 -t 5" "-p 2 -c 4 -b 10 -t 5" "-p 2 -c 4 -w 200 -t 5"; do
         if as_pg env PGHOST="$PGHOST" PGPORT="$PGPORT" "$sim" --quiet $args; then
             echo "simulator $args ... ok"; passed=$((passed + 1))
