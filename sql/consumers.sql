@@ -23,6 +23,15 @@ SET application_name = 'app_c';
 SELECT count(*) FROM broker.delete('cq', ARRAY(SELECT id FROM broker.messages WHERE receipt IS NOT NULL ORDER BY id LIMIT 2));
 SELECT consumer, queue, delivered, deleted FROM broker.consumers WHERE queue = 'cq' ORDER BY consumer;
 
+-- a long name is cut at 63 bytes on a character boundary, never inside a
+-- UTF-8 character (strlcpy cut 'é' in half: invalid text in the view)
+RESET application_name;
+SET broker.consumer = 'ééééééééééééééééééééééééééééééééééééééééééééééééééééé';
+SELECT count(*) FROM broker.dequeue('cq', 1);
+RESET broker.consumer;
+SELECT consumer, octet_length(consumer), length(consumer) FROM broker.consumers
+ WHERE queue = 'cq' AND consumer LIKE 'é%';
+
 -- a dropped queue's history goes with it
 SELECT broker.drop_queue('cq');
 SELECT count(*) FROM broker._consumers() c

@@ -98,4 +98,46 @@ SELECT broker.enqueue('dq_other', '{"q": "other"}') > 0 AS enqueued;
 SELECT count(*) AS from_dq FROM broker.dequeue('dq', 10);
 SELECT payload FROM broker.dequeue('dq_other', 10);
 
+-- a wait longer than WaitLatch's 24.8 days does not overflow into a
+-- zero or negative timeout (a busy loop): the waiter sleeps, woken once
+SELECT broker.purge_queue('dq');
+SELECT wakeups AS w0 FROM broker.waiters('dq') \gset
+SET statement_timeout = '300ms';
+SELECT * FROM broker.dequeue('dq', 1, wait => '49 days 17:02:47.296');
+SELECT * FROM broker.dequeue('dq', 1, wait => '30 days');
+RESET statement_timeout;
+SELECT wakeups - :w0 <= 4 AS slept FROM broker.waiters('dq');
+
+-- repeated large dequeues in one transaction cost what they take, not
+-- what the transaction already took (NOT (id = ANY(all leases so far))
+-- made the eighth dequeue(q, 10000) take 34 s against 24 ms for the first)
+SELECT count(*) FROM broker.enqueue_batch('dq', array_fill('{}'::jsonb, ARRAY[40000]));
+BEGIN;
+CREATE TEMP TABLE dq_times (n int, ms float8);
+DO $$
+DECLARE
+    t timestamptz;
+    got bigint;
+BEGIN
+    FOR i IN 1 .. 4 LOOP
+        t := clock_timestamp();
+        SELECT count(*) INTO got FROM broker.dequeue('dq', 10000);
+        INSERT INTO dq_times VALUES (i, extract(epoch FROM clock_timestamp() - t) * 1000);
+        IF got <> 10000 THEN RAISE EXCEPTION 'dequeue % got %', i, got; END IF;
+    END LOOP;
+END $$;
+SELECT (SELECT ms FROM dq_times WHERE n = 4) < 20 * greatest((SELECT ms FROM dq_times WHERE n = 1), 5) AS linear;
+SELECT count(*) AS none_left FROM broker.dequeue('dq', 10);
+ROLLBACK;
+SELECT ready FROM broker.metrics('dq');
+SELECT broker.purge_queue('dq');
+
+-- a read-only transaction (and a standby, see test/t/012) cannot consume:
+-- 25006 with a message that says so, before anything is attempted
+BEGIN TRANSACTION READ ONLY;
+SELECT pg_temp.err($$SELECT * FROM broker.dequeue('dq')$$);
+SELECT pg_temp.err($$SELECT broker.enqueue('dq', '{}')$$);
+SELECT pg_temp.err($$SELECT broker.delete('dq', 1)$$);
+ROLLBACK;
+
 SELECT broker.drop_queue(q) FROM unnest(ARRAY['dq', 'dq_other']) AS q;

@@ -92,4 +92,27 @@ SELECT count(*), min((payload->>'n')::int), max((payload->>'n')::int) FROM broke
 SELECT broker.enqueue_batch('eq', ARRAY['{}']::jsonb[], delay => '1 hour', ttl => '2 hours') > 0 AS enqueued;
 SELECT ready, delayed FROM broker.metrics('eq');
 
+-- the ids a batch returns are the ids it stored, for any size (they were
+-- read after SPI_finish had freed them: 357 distinct ids of 1000, then a
+-- crash with a 100,000 then a 1,000,000 batch)
+SELECT broker.purge_queue('eq');
+CREATE TEMP TABLE batch_ids AS
+    SELECT x AS id FROM broker.enqueue_batch('eq', array_fill('{}'::jsonb, ARRAY[1000])) x;
+SELECT count(*), count(DISTINCT id) FROM batch_ids;
+SELECT (SELECT array_agg(id ORDER BY id) FROM batch_ids)
+     = (SELECT array_agg(m.id ORDER BY m.id) FROM broker.messages m
+          JOIN broker.queue_defs d USING (queue_id) WHERE d.name = 'eq') AS ids_are_stored_ids;
+SELECT count(DISTINCT x) FROM broker.enqueue_batch('eq', array_fill('{}'::jsonb, ARRAY[100000])) x;
+SELECT count(DISTINCT x) FROM broker.enqueue_batch('eq', array_fill('{}'::jsonb, ARRAY[300000])) x;
+SELECT total FROM broker.metrics('eq');
+SELECT broker.purge_queue('eq');
+
+-- headers count against max_message_size (a 50 MB header was accepted by a
+-- queue with a 100-byte limit): the limit covers payload and headers
+SELECT pg_temp.err($$SELECT broker.enqueue('eq_small', '{}', headers => jsonb_build_object('h', repeat('x', 100)))$$);
+SELECT pg_temp.err($$SELECT broker.enqueue('eq_small', '{}', headers => jsonb_build_object('h', repeat('x', 50000000)))$$);
+SELECT pg_temp.err($$SELECT broker.enqueue_batch('eq_small', ARRAY['{}', '{}']::jsonb[], headers => jsonb_build_object('h', repeat('x', 100)))$$);
+SELECT broker.enqueue('eq_small', '{}', headers => '{}') > 0 AS fits;
+SELECT total FROM broker.metrics('eq_small');
+
 SELECT broker.drop_queue(q) FROM unnest(ARRAY['eq', 'eq_ttl', 'eq_small']) AS q;

@@ -25,6 +25,11 @@ SELECT n, pg_temp.err(format('SELECT broker.create_queue(%L)', n))
   FROM unnest(ARRAY['Upper', 'with space', 'quo''te', 'semi;colon', '',
                     '1abc', 'tab	x', 'dash-x', 'ünï', repeat('a', 49)]) AS n;
 SELECT pg_temp.err('SELECT broker.create_queue(NULL)');
+-- a long invalid name is clipped in the message (a 10 MB name was echoed
+-- whole into the error and the log), on a character boundary
+SELECT pg_temp.err(format('SELECT broker.create_queue(%L)', repeat('X', 10000000)));
+SELECT length(pg_temp.err(format('SELECT broker.enqueue(%L, %L)', repeat('é', 1000), '{}'))) < 120 AS clipped;
+SELECT pg_temp.err(format('SELECT broker.enqueue(%L, %L)', repeat('é', 100), '{}'));
 SELECT broker.create_queue(repeat('a', 48));
 SELECT broker.create_queue('_x9');
 SELECT broker.create_queue('a');

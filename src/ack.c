@@ -24,6 +24,7 @@
 #include "broker.h"
 
 PG_FUNCTION_INFO_V1(broker_delete);
+PG_FUNCTION_INFO_V1(broker_delete_text);
 PG_FUNCTION_INFO_V1(broker_delete_many);
 PG_FUNCTION_INFO_V1(broker_release);
 PG_FUNCTION_INFO_V1(broker_extend_lease);
@@ -35,15 +36,18 @@ ack_queue(FunctionCallInfo fcinfo, BrokerQueue *q)
 	text	   *name = BrokerQueueArg(fcinfo, 0);
 
 	BrokerRequireArg(fcinfo, 1, PG_NARGS() == 2 ? "ids" : "id");
+	BrokerRequireWritable("acknowledge a message");
 	BrokerSPIConnect();
 	BrokerLookupQueue(name, false, q);
 }
 
-/* broker.delete(queue, id, receipt): true if it deleted the message. */
-Datum
-broker_delete(PG_FUNCTION_ARGS)
+/*
+ * Delete one message, with its receipt if has_receipt (caller is connected
+ * to SPI); true if it was deleted.
+ */
+static bool
+delete_one(const BrokerQueue *q, int64 id, bool has_receipt, int64 receipt)
 {
-	BrokerQueue q;
 	Datum		values[3];
 	int			rc;
 	bool		deleted;
@@ -52,44 +56,83 @@ broker_delete(PG_FUNCTION_ARGS)
 	int			segs[BROKER_SEGMENTS];
 	int			nsegs;
 
-	ack_queue(fcinfo, &q);
-	values[0] = Int32GetDatum(q.queue_id);
-	values[1] = PG_GETARG_DATUM(1);
-	match = BrokerLeaseCheck(q.queue_id, PG_GETARG_INT64(1), !PG_ARGISNULL(2),
-							 PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2), &segs[0]);
+	values[0] = Int32GetDatum(q->queue_id);
+	values[1] = Int64GetDatum(id);
+	match = BrokerLeaseCheck(q->queue_id, id, has_receipt, receipt, &segs[0]);
 	if (match == BROKER_LEASE_STALE)
-	{
-		BrokerSPIFinish();
-		PG_RETURN_BOOL(false);
-	}
+		return false;
 	if (match == BROKER_LEASE_HELD)
 		nsegs = 1;				/* we know where the row we locked is */
 	else
-		nsegs = BrokerSegmentLookupOrder(PG_GETARG_INT64(1), segs);
+		nsegs = BrokerSegmentLookupOrder(id, segs);
 
 	/* A lease of this transaction: its receipt is not in the row yet. */
-	if (match == BROKER_LEASE_HELD || PG_ARGISNULL(2))
+	if (match == BROKER_LEASE_HELD || !has_receipt)
 		plan = PLAN_DELETE;
 	else
 	{
-		values[2] = PG_GETARG_DATUM(2);
+		values[2] = Int64GetDatum(receipt);
 		plan = PLAN_DELETE_RECEIPT;
 	}
-	for (int i = 0; i < nsegs; i++)
+	deleted = false;
+	for (int i = 0; i < nsegs && !deleted; i++)
 	{
 		rc = BrokerExecute(BrokerPlanSeg(plan, segs[i]), values, NULL, 0);
 		if (rc != SPI_OK_DELETE)
 			elog(ERROR, "broker: delete failed: %s", SPI_result_code_string(rc));
-		if (SPI_processed > 0)
-			break;
+		deleted = SPI_processed > 0;
 	}
-	deleted = SPI_processed > 0;
 	if (deleted)
 	{
 		BrokerNoteDeleted();
-		BrokerCount(q.queue_id, BROKER_COUNT_DELETED, 1);
-		BrokerLeaseDeleted(q.queue_id, PG_GETARG_INT64(1));
+		BrokerCount(q->queue_id, BROKER_COUNT_DELETED, 1);
+		BrokerLeaseDeleted(q->queue_id, id);
 	}
+	return deleted;
+}
+
+/* broker.delete(queue, id, receipt): true if it deleted the message. */
+Datum
+broker_delete(PG_FUNCTION_ARGS)
+{
+	BrokerQueue q;
+	bool		deleted;
+
+	ack_queue(fcinfo, &q);
+	deleted = delete_one(&q, PG_GETARG_INT64(1), !PG_ARGISNULL(2),
+						 PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2));
+	BrokerSPIFinish();
+	PG_RETURN_BOOL(deleted);
+}
+
+/* A bigint given as text (22P02 when it is not one). */
+static int64
+text_to_int64(text *t)
+{
+	return DatumGetInt64(DirectFunctionCall1(int8in,
+											 CStringGetDatum(text_to_cstring(t))));
+}
+
+/*
+ * broker.delete(queue, id text, receipt text): the form that calls with
+ * untyped parameters resolve to (PostgreSQL prefers text for an unknown
+ * argument); the same as the bigint form.
+ */
+Datum
+broker_delete_text(PG_FUNCTION_ARGS)
+{
+	BrokerQueue q;
+	int64		id;
+	int64		receipt = 0;
+	bool		deleted;
+
+	BrokerQueueArg(fcinfo, 0);
+	BrokerRequireArg(fcinfo, 1, "id");
+	id = text_to_int64(PG_GETARG_TEXT_PP(1));
+	if (!PG_ARGISNULL(2))
+		receipt = text_to_int64(PG_GETARG_TEXT_PP(2));
+	ack_queue(fcinfo, &q);
+	deleted = delete_one(&q, id, !PG_ARGISNULL(2), receipt);
 	BrokerSPIFinish();
 	PG_RETURN_BOOL(deleted);
 }
@@ -103,18 +146,16 @@ broker_delete_many(PG_FUNCTION_ARGS)
 	Datum		values[2];
 	int			rc;
 	uint64		n = 0;
-	int			segs[BROKER_SEGMENTS];
-	int			nsegs;
 
 	ack_queue(fcinfo, &q);
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	values[0] = Int32GetDatum(q.queue_id);
 	values[1] = PG_GETARG_DATUM(1);
-	nsegs = BrokerSegmentScanOrder(segs);
-	for (int s = 0; s < nsegs; s++)
+	/* every segment, drained ones too: they are only a hint (segment.c) */
+	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
 	{
-		rc = BrokerExecute(BrokerPlanSeg(PLAN_DELETE_MANY, segs[s]), values,
-							  NULL, 0);
+		rc = BrokerExecute(BrokerPlanSeg(PLAN_DELETE_MANY, seg), values,
+						   NULL, 0);
 		if (rc != SPI_OK_DELETE_RETURNING)
 			elog(ERROR, "broker: delete failed: %s", SPI_result_code_string(rc));
 		for (uint64 i = 0; i < SPI_processed; i++)
@@ -189,6 +230,7 @@ broker_release(PG_FUNCTION_ARGS)
 	TimestampTz vt = 0;
 
 	BrokerRequireArg(fcinfo, 2, "receipt");
+	BrokerRequireWritable("release a message");
 	if (delay != NULL && BrokerIntervalIsNegative(delay))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -224,6 +266,7 @@ broker_extend_lease(PG_FUNCTION_ARGS)
 
 	BrokerRequireArg(fcinfo, 2, "receipt");
 	BrokerRequireArg(fcinfo, 3, "lease");
+	BrokerRequireWritable("extend a lease");
 	lease = PG_GETARG_INTERVAL_P(3);
 	if (!BrokerIntervalIsPositive(lease))
 		ereport(ERROR,

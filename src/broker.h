@@ -51,9 +51,14 @@ typedef struct BrokerQueue
 	int32		dead_letter_id;		/* 0: none */
 } BrokerQueue;
 
-/* Object ids of the extension's relations, resolved once per invalidation. */
+/*
+ * Object ids of the extension's relations, resolved once per invalidation
+ * through the extension itself (pg_extension and its members in
+ * pg_depend), never by a name another role could supply.
+ */
 typedef struct BrokerRels
 {
+	Oid			extension;		/* pg_extension OID: names this installation */
 	Oid			queue_defs;
 	Oid			messages;
 	Oid			message_id_seq;
@@ -78,6 +83,7 @@ typedef enum BrokerPlanId
 	PLAN_LWM_PROBE,
 	PLAN_NEXT_DUE,
 	PLAN_DEQUEUE_LOCK,
+	PLAN_DEQUEUE_LOCK_EXCL,
 	PLAN_DELETE_TIDS,
 	PLAN_LEASE_WRITE,
 	PLAN_DELETE,
@@ -91,6 +97,9 @@ typedef enum BrokerPlanId
 } BrokerPlanId;
 
 extern const BrokerRels *BrokerGetRels(void);
+extern const BrokerRels *BrokerFindRels(bool missing_ok);
+extern void BrokerRequireWritable(const char *action);
+extern char *BrokerClipForMessage(const char *s, int len);
 extern void BrokerCheckQueueName(text *name);
 extern bool BrokerLookupQueue(text *name, bool missing_ok, BrokerQueue *out);
 extern bool BrokerLookupQueueById(int32 queue_id, BrokerQueue *out);
@@ -115,12 +124,12 @@ extern text *BrokerQueueArg(FunctionCallInfo fcinfo, int argno);
 /*
  * Hash key of a queue's shared state.  Queues live in one database, and
  * queue ids restart when the extension is dropped and created again, so
- * the key also holds the OID of that installation's broker.queue_defs.
+ * the key also holds the OID of that installation's pg_extension row.
  */
 typedef struct BrokerQueueKey
 {
 	Oid			dbid;
-	Oid			defs_relid;
+	Oid			installation;	/* BrokerRels.extension */
 	int32		queue_id;
 } BrokerQueueKey;
 
@@ -133,9 +142,11 @@ typedef struct BrokerQueueState
 {
 	BrokerQueueKey key;
 	slock_t		mutex;			/* protects refreshing, last_refresh,
-								 * timekeeper */
+								 * mark_resets, timekeeper, and lwm's
+								 * writes */
 	bool		refreshing;
 	TimestampTz last_refresh;
+	uint64		mark_resets;	/* times BrokerResetMarks lowered lwm */
 	int			timekeeper;		/* pgprocno of the waiter that sleeps until
 								 * next_due, or -1 */
 	TimestampTz keeper_due;		/* the next_due it sleeps toward */
@@ -177,6 +188,8 @@ extern void BrokerMaybeRefreshLwm(int32 queue_id, BrokerQueueState *state);
 extern void BrokerNoteDroppedQueue(int32 queue_id);
 extern void BrokerNoteDue(int32 queue_id, TimestampTz due);
 extern void BrokerLowerNextDue(BrokerQueueState *state, TimestampTz due);
+extern void BrokerForgetInstallations(Oid dbid, Oid installation);
+extern void BrokerResetMarks(Oid dbid, Oid installation);
 
 /* --- segments (segment.c) --- */
 extern int	broker_segment_size;
@@ -186,17 +199,27 @@ extern int	BrokerSegmentCurrent(void);
 extern int	BrokerSegmentScanOrder(int *segs);
 extern int	BrokerSegmentLookupOrder(int64 id, int *segs);
 extern void BrokerSegmentInserted(int seg);
+extern void BrokerSegmentFound(int seg);
+extern uint64 BrokerSegmentMovesBegin(bool *moving);
+extern bool BrokerSegmentMovesSince(uint64 gen);
+extern void BrokerSegmentBulkLoad(void);
 extern void BrokerSegmentsMaintain(void);
-extern bool BrokerSegmentsLockAll(LOCKMODE mode);
+extern void BrokerSegmentsVerifyDrained(void);
+extern void BrokerSegmentXactEnd(bool commit);
+extern void BrokerSegmentSubXactEnd(SubTransactionId mySubid,
+									SubTransactionId parentSubid, bool commit);
+extern bool BrokerSegmentPending(void);
+extern void BrokerSegmentForget(Oid dbid, Oid installation);
 
 /* --- consumer history (stats.c) --- */
 extern char *broker_consumer_name;
 extern int	broker_max_consumers;
 extern Size BrokerStatsShmemSize(void);
 extern void BrokerStatsShmemInit(void);
-extern void BrokerConsumerCount(Oid defs_relid, int32 queue_id,
+extern void BrokerConsumerCount(Oid installation, int32 queue_id,
 								int64 delivered, int64 deleted);
-extern void BrokerConsumerForgetQueue(Oid defs_relid, int32 queue_id);
+extern void BrokerConsumerForgetQueue(Oid installation, int32 queue_id);
+extern void BrokerConsumerForget(Oid dbid, Oid installation);
 
 /* --- leases pending until commit (lease.c) --- */
 typedef enum BrokerLeaseMatch
@@ -216,6 +239,7 @@ extern void BrokerLeaseDeleted(int32 queue_id, int64 id);
 extern bool BrokerLeaseSetVt(int32 queue_id, int64 id, int64 receipt,
 							 TimestampTz vt, bool release);
 extern ArrayType *BrokerLeaseIds(int32 queue_id);
+extern bool BrokerLeaseHasQueue(int32 queue_id);
 extern void BrokerLeaseFlush(void);
 extern void BrokerLeaseReset(void);
 extern void BrokerLeaseSubXactEnd(SubTransactionId mySubid,
@@ -226,7 +250,7 @@ extern int64 BrokerEnqueueOne(const BrokerQueue *q, Jsonb *payload,
 							  Jsonb *headers, TimestampTz now,
 							  TimestampTz vt, bool has_expiry,
 							  TimestampTz expires_at);
-extern void BrokerCheckPayloadSize(const BrokerQueue *q, Jsonb *payload,
-								   int element);
+extern void BrokerCheckMessageSize(const BrokerQueue *q, Jsonb *payload,
+								   Jsonb *headers, int element);
 
 #endif							/* BROKER_H */

@@ -23,17 +23,27 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/dependency.h"
+#include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "lib/stringinfo.h"
 #include "optimizer/cost.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -50,6 +60,7 @@ typedef struct BrokerPlanDef
 	const char *sql;
 	int			nargs;
 	Oid			argtypes[8];
+	bool		custom;			/* planned at each call (else generic, kept) */
 } BrokerPlanDef;
 
 static const BrokerPlanDef plan_defs[BROKER_NUM_PLANS] = {
@@ -150,8 +161,8 @@ static const BrokerPlanDef plan_defs[BROKER_NUM_PLANS] = {
 	},
 	/*
 	 * Deferred leases (lease.c): lock up to $4 messages from the mark on,
-	 * skipping rows other consumers hold and those this transaction already
-	 * leased ($5); the lease is written at commit by PLAN_LEASE_WRITE.
+	 * skipping rows other consumers hold; the lease is written at commit by
+	 * PLAN_LEASE_WRITE.
 	 */
 	[PLAN_DEQUEUE_LOCK] = {
 		"SELECT m.ctid, m.id, m.payload, m.headers, m.enqueued_at,"
@@ -160,11 +171,30 @@ static const BrokerPlanDef plan_defs[BROKER_NUM_PLANS] = {
 		" WHERE m.queue_id " OP("=") " $1 AND m.id " OP(">=") " $2"
 		"   AND m.vt " OP("<=") " $3"
 		"   AND (m.expires_at IS NULL OR m.expires_at " OP(">") " $3)"
-		"   AND NOT (m.id " OP("=") " ANY ($5))"
 		" ORDER BY m.id"
 		" LIMIT $4"
 		" FOR UPDATE SKIP LOCKED",
-		5, {INT4OID, INT8OID, TIMESTAMPTZOID, INT4OID, INT8ARRAYOID}
+		4, {INT4OID, INT8OID, TIMESTAMPTZOID, INT4OID}
+	},
+
+	/*
+	 * The same when this transaction already leased messages of the queue:
+	 * those ($5) are locked by us, so SKIP LOCKED would return them again.
+	 * Planned at each call, so that $5 is a constant and "<> ALL" a hash
+	 * lookup: a scan that passes n leased rows costs O(n), not O(n^2).
+	 */
+	[PLAN_DEQUEUE_LOCK_EXCL] = {
+		"SELECT m.ctid, m.id, m.payload, m.headers, m.enqueued_at,"
+		"       m.delivery_count, m.expires_at"
+		"  FROM broker.messages m"
+		" WHERE m.queue_id " OP("=") " $1 AND m.id " OP(">=") " $2"
+		"   AND m.vt " OP("<=") " $3"
+		"   AND (m.expires_at IS NULL OR m.expires_at " OP(">") " $3)"
+		"   AND m.id " OP("<>") " ALL ($5)"
+		" ORDER BY m.id"
+		" LIMIT $4"
+		" FOR UPDATE SKIP LOCKED",
+		5, {INT4OID, INT8OID, TIMESTAMPTZOID, INT4OID, INT8ARRAYOID}, true
 	},
 	[PLAN_DELETE_TIDS] = {
 		"DELETE FROM broker.messages m WHERE m.ctid " OP("=") " ANY ($1)"
@@ -265,6 +295,19 @@ typedef struct QueueCacheEntry
 	BrokerQueue q;
 } QueueCacheEntry;
 
+/* Forget the resolved relations and the queue cache. */
+static void
+invalidate_all(void)
+{
+	rels_valid = false;
+	cache_generation++;
+	if (queue_cache != NULL)
+	{
+		hash_destroy(queue_cache);
+		queue_cache = NULL;
+	}
+}
+
 /* Relcache callback: drop our caches when the extension's tables change. */
 static void
 broker_relcache_callback(Datum arg, Oid relid)
@@ -278,15 +321,17 @@ broker_relcache_callback(Datum arg, Oid relid)
 	for (int i = 0; i < BROKER_SEGMENTS && !ours; i++)
 		ours = relid == rels.segment[i];
 	if (ours)
-	{
-		rels_valid = false;
-		cache_generation++;
-		if (queue_cache != NULL)
-		{
-			hash_destroy(queue_cache);
-			queue_cache = NULL;
-		}
-	}
+		invalidate_all();
+}
+
+/* Syscache callback of pg_namespace: a schema was renamed or dropped. */
+static void
+broker_namespace_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	(void) arg;
+	(void) cacheid;
+	(void) hashvalue;
+	invalidate_all();
 }
 
 /* Flush the queue cache now (after this backend changed a definition). */
@@ -296,18 +341,56 @@ BrokerInvalidateQueues(void)
 	broker_relcache_callback((Datum) 0, InvalidOid);
 }
 
-/* Resolve one relation of the extension's schema, or fail clearly. */
+/* The extension's objects are not what it created: refuse to use them. */
+static void
+tampered(const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("the broker extension's %s is not what the extension created", what),
+			 errdetail("broker only uses objects that are members of the extension, in the schema it was installed in."),
+			 errhint("Drop the extension and create it again.")));
+}
+
+/*
+ * A relation of the extension: in its schema, and a member of it (so no
+ * other role can have created it).
+ */
 static Oid
-broker_relid(Oid nsp, const char *relname)
+member_relid(Oid nsp, Oid extoid, const char *relname)
 {
 	Oid			relid = get_relname_relid(relname, nsp);
 
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("relation broker.%s does not exist", relname),
-				 errhint("Run CREATE EXTENSION broker in this database.")));
+	if (!OidIsValid(relid) ||
+		getExtensionOfObject(RelationRelationId, relid) != extoid)
+	{
+		char	   *what = psprintf("relation broker.%s", relname);
+
+		tampered(what);
+	}
 	return relid;
+}
+
+/* The schema recorded for the extension in pg_extension. */
+static Oid
+extension_schema(Oid extoid)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tup;
+	Oid			nsp = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(extoid));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		nsp = ((Form_pg_extension) GETSTRUCT(tup))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return nsp;
 }
 
 /* The owner of a relation. */
@@ -324,40 +407,114 @@ broker_rel_owner(Oid relid)
 	return owner;
 }
 
-/* The object ids of the extension's relations in this database. */
+/* The owner of a schema. */
+static Oid
+namespace_owner(Oid nsp)
+{
+	HeapTuple	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for schema %u", nsp);
+	owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
+/*
+ * Resolve the extension's relations in this database.  The statements the
+ * extension runs name "broker.<relation>", so the schema that name finds
+ * must be the one the extension was installed in, owned by a superuser
+ * (so no other role can rename it or create objects in it), and every
+ * relation must be a member of the extension.  Returns NULL when the
+ * extension is not installed and missing_ok.
+ */
 const BrokerRels *
-BrokerGetRels(void)
+BrokerFindRels(bool missing_ok)
 {
 	if (!callback_registered)
 	{
 		CacheRegisterRelcacheCallback(broker_relcache_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, broker_namespace_callback,
+									  (Datum) 0);
 		callback_registered = true;
 	}
 	if (!rels_valid)
 	{
-		Oid			nsp = get_namespace_oid("broker", true);
+		Oid			extoid = get_extension_oid("broker", true);
+		Oid			nsp;
 
-		if (!OidIsValid(nsp))
+		if (!OidIsValid(extoid))
+		{
+			if (missing_ok)
+				return NULL;
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("schema broker does not exist"),
+					 errmsg("extension \"broker\" is not installed in this database"),
 					 errhint("Run CREATE EXTENSION broker in this database.")));
-		rels.queue_defs = broker_relid(nsp, "queue_defs");
-		rels.messages = broker_relid(nsp, "messages");
+		}
+		nsp = extension_schema(extoid);
+		if (!OidIsValid(nsp) || get_namespace_oid("broker", true) != nsp ||
+			!superuser_arg(namespace_owner(nsp)))
+			tampered("schema \"broker\"");
+		rels.extension = extoid;
+		rels.queue_defs = member_relid(nsp, extoid, "queue_defs");
+		rels.messages = member_relid(nsp, extoid, "messages");
 		for (int i = 0; i < BROKER_SEGMENTS; i++)
 		{
 			char		name[NAMEDATALEN];
 
 			snprintf(name, sizeof(name), "messages_%d", i);
-			rels.segment[i] = broker_relid(nsp, name);
+			rels.segment[i] = member_relid(nsp, extoid, name);
 		}
-		rels.segments = broker_relid(nsp, "segments");
-		rels.message_id_seq = broker_relid(nsp, "message_id_seq");
-		rels.queue_id_seq = broker_relid(nsp, "queue_id_seq");
+		rels.segments = member_relid(nsp, extoid, "segments");
+		rels.message_id_seq = member_relid(nsp, extoid, "message_id_seq");
+		rels.queue_id_seq = member_relid(nsp, extoid, "queue_id_seq");
 		rels.owner = broker_rel_owner(rels.segment[0]);
 		rels_valid = true;
 	}
 	return &rels;
+}
+
+/* The object ids of the extension's relations in this database. */
+const BrokerRels *
+BrokerGetRels(void)
+{
+	return BrokerFindRels(false);
+}
+
+/*
+ * Refuse to change data in a read-only transaction or on a standby, with
+ * 25006 and a message that says why, before anything is attempted.
+ */
+void
+BrokerRequireWritable(const char *action)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot %s on a standby", action),
+				 errdetail("A standby is read-only: producing and consuming change the queue."),
+				 errhint("Connect to the primary (for example with target_session_attrs=read-write); "
+						 "a standby can run broker.metrics() and read broker.queues.")));
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot %s in a read-only transaction", action)));
+}
+
+/*
+ * A copy of a user-supplied string fit for an error message: at most 64
+ * bytes, cut on a character boundary, with "..." when it was cut.
+ */
+char *
+BrokerClipForMessage(const char *s, int len)
+{
+	int			clip = pg_mbcliplen(s, len, 64);
+
+	if (clip >= len)
+		return pnstrdup(s, len);
+	return psprintf("%.*s...", clip, s);
 }
 
 /* Connect to SPI, failing loudly. */
@@ -387,10 +544,12 @@ prepare_kept(const char *sql, const BrokerPlanDef *def, int id)
 	SPIPlanPtr	plan;
 
 	/*
-	 * Always the generic plan: every statement is driven by the primary
+	 * The generic plan, but for the few statements that need their
+	 * parameters as constants: every statement is driven by the primary
 	 * key, and a custom plan per call would re-plan on every call.
 	 */
 	plan = SPI_prepare_cursor(sql, def->nargs, (Oid *) def->argtypes,
+							  def->custom ? CURSOR_OPT_CUSTOM_PLAN :
 							  CURSOR_OPT_GENERIC_PLAN);
 	if (plan == NULL)
 		elog(ERROR, "broker: SPI_prepare failed for plan %d: %s",
@@ -404,6 +563,8 @@ prepare_kept(const char *sql, const BrokerPlanDef *def, int id)
 SPIPlanPtr
 BrokerPlan(BrokerPlanId id)
 {
+	/* Every statement names the extension's relations: check them first. */
+	(void) BrokerGetRels();
 	if (plans[id][0] == NULL)
 		plans[id][0] = prepare_kept(plan_defs[id].sql, &plan_defs[id], (int) id);
 	return plans[id][0];
@@ -417,6 +578,7 @@ SPIPlanPtr
 BrokerPlanSeg(BrokerPlanId id, int seg)
 {
 	Assert(seg >= 0 && seg < BROKER_SEGMENTS);
+	(void) BrokerGetRels();
 	if (plans[id][seg + 1] == NULL)
 	{
 		const char *src = plan_defs[id].sql;
@@ -481,10 +643,16 @@ BrokerCheckQueueName(text *name)
 	for (int i = 0; ok && i < len; i++)
 		ok = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') ||
 			s[i] == '_';
+	if (!ok && len > BROKER_QUEUE_NAME_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("invalid queue name \"%s\"", BrokerClipForMessage(s, len)),
+				 errdetail("A queue name is 1 to %d characters of a-z, 0-9 and _, and does not start with a digit; the name given is %d bytes long.",
+						   BROKER_QUEUE_NAME_MAX, len)));
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_NAME),
-				 errmsg("invalid queue name \"%s\"", text_to_cstring(name)),
+				 errmsg("invalid queue name \"%s\"", BrokerClipForMessage(s, len)),
 				 errdetail("A queue name is 1 to %d characters of a-z, 0-9 and _, and does not start with a digit.",
 						   BROKER_QUEUE_NAME_MAX)));
 }

@@ -55,6 +55,9 @@
 #include "broker.h"
 
 
+/* The longest single sleep of a waiting dequeue (it sleeps again). */
+#define BROKER_MAX_SLEEP_MS		(3600 * 1000L)
+
 PG_FUNCTION_INFO_V1(broker_dequeue);
 
 /* A dead-lettered message, copied out of the SPI result. */
@@ -184,14 +187,20 @@ take_messages_deferred(const BrokerQueue *q, BrokerQueueState *state, int seg,
 	Datum	   *dead_tids = NULL;
 	SPITupleTable *tuptable;
 	uint64		nrows;
+	BrokerPlanId plan = PLAN_DEQUEUE_LOCK;
 
 	values[0] = Int32GetDatum(q->queue_id);
 	values[1] = Int64GetDatum((int64) pg_atomic_read_u64(&state->lwm));
 	values[2] = TimestampTzGetDatum(now);
 	values[3] = Int32GetDatum(limit);
-	values[4] = PointerGetDatum(BrokerLeaseIds(q->queue_id));
+	/* Rows this transaction leased are locked by it: leave them out. */
+	if (BrokerLeaseHasQueue(q->queue_id))
+	{
+		values[4] = PointerGetDatum(BrokerLeaseIds(q->queue_id));
+		plan = PLAN_DEQUEUE_LOCK_EXCL;
+	}
 
-	rc = BrokerExecute(BrokerPlanSeg(PLAN_DEQUEUE_LOCK, seg), values, NULL, 0);
+	rc = BrokerExecute(BrokerPlanSeg(plan, seg), values, NULL, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "broker: dequeue failed: %s", SPI_result_code_string(rc));
 
@@ -352,7 +361,12 @@ sleep_on_queue(BrokerQueueState *state, TimestampTz now, TimestampTz deadline)
 		InvalidateCatalogSnapshot();
 		MyProc->xmin = InvalidTransactionId;
 	}
-	timeout_ms = until > now ? Max((long) ((until - now + 999) / 1000), 1) : 0;
+	/*
+	 * At most BROKER_MAX_SLEEP_MS at a time: WaitLatch's timeout is an int
+	 * of milliseconds (24.8 days), and the caller's loop sleeps again.
+	 */
+	timeout_ms = until > now ?
+		(long) Min(Max((until - now + 999) / 1000, 1), BROKER_MAX_SLEEP_MS) : 0;
 	pg_atomic_fetch_add_u32(&state->waiters, 1);
 	PG_TRY();
 	{
@@ -436,6 +450,7 @@ broker_dequeue(PG_FUNCTION_ARGS)
 	waiting = wait != NULL && BrokerIntervalIsPositive(wait);
 
 	BrokerRequireSharedMemory();
+	BrokerRequireWritable("dequeue");
 	InitMaterializedSRF(fcinfo, 0);
 
 	BrokerSPIConnect();

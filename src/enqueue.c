@@ -8,9 +8,10 @@
  * Its id is allocated through the in-flight registry (shmem.c) so that
  * consumers' low-water marks never pass an id that has yet to commit.
  *
- * The size limit applies to the stored payload: the bytes of the jsonb
- * binary value, before any TOAST compression (what pg_column_size reports
- * for an uncompressed value, less the 4-byte varlena header).
+ * The size limit applies to what a message stores: the bytes of the
+ * payload's and the headers' jsonb binary values, before any TOAST
+ * compression (what pg_column_size reports for an uncompressed value, less
+ * the 4-byte varlena header, added up).
  *
  *-------------------------------------------------------------------------
  */
@@ -30,26 +31,32 @@
 PG_FUNCTION_INFO_V1(broker_enqueue);
 PG_FUNCTION_INFO_V1(broker_enqueue_batch);
 
-/* Refuse a payload larger than the queue's max_message_size (54000). */
+/*
+ * Refuse a message whose payload and headers together are larger than the
+ * queue's max_message_size (54000).
+ */
 void
-BrokerCheckPayloadSize(const BrokerQueue *q, Jsonb *payload, int element)
+BrokerCheckMessageSize(const BrokerQueue *q, Jsonb *payload, Jsonb *headers,
+					   int element)
 {
 	Size		size = VARSIZE_ANY_EXHDR(payload);
+	Size		hsize = headers ? VARSIZE_ANY_EXHDR(headers) : 0;
 
-	if (size > (Size) q->max_message_size)
+	if (size + hsize > (Size) q->max_message_size)
 	{
 		if (element > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("message payload too large: %zu bytes, queue \"%s\" accepts at most %d bytes",
-							size, q->name, q->max_message_size),
-					 errdetail("Element %d of payloads is too large; nothing was enqueued.",
-							   element)));
+					 errmsg("message too large: %zu bytes, queue \"%s\" accepts at most %d bytes",
+							size + hsize, q->name, q->max_message_size),
+					 errdetail("Element %d of payloads is %zu bytes and the headers %zu bytes; nothing was enqueued.",
+							   element, size, hsize)));
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("message payload too large: %zu bytes, queue \"%s\" accepts at most %d bytes",
-						size, q->name, q->max_message_size),
-				 errdetail("The size is that of the payload's jsonb binary form.")));
+				 errmsg("message too large: %zu bytes, queue \"%s\" accepts at most %d bytes",
+						size + hsize, q->name, q->max_message_size),
+				 errdetail("The payload is %zu bytes and the headers %zu bytes, in their jsonb binary form.",
+						   size, hsize)));
 	}
 }
 
@@ -144,10 +151,11 @@ broker_enqueue(PG_FUNCTION_ARGS)
 	payload = PG_GETARG_JSONB_P(1);
 	check_delay_ttl(fcinfo);
 	BrokerRequireSharedMemory();
+	BrokerRequireWritable("enqueue");
 
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessShareLock, &q);
-	BrokerCheckPayloadSize(&q, payload, 0);
+	BrokerCheckMessageSize(&q, payload, headers, 0);
 	compute_times(fcinfo, &q, &t);
 	id = BrokerEnqueueOne(&q, payload, headers, t.now, t.vt, t.has_expiry,
 						  t.expires_at);
@@ -182,6 +190,7 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 	arr = PG_GETARG_ARRAYTYPE_P(1);
 	check_delay_ttl(fcinfo);
 	BrokerRequireSharedMemory();
+	BrokerRequireWritable("enqueue");
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 
@@ -196,6 +205,9 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 					 errdetail("Element %d of payloads is null; nothing was enqueued.",
 							   i + 1)));
 	}
+	/* The ids are read after SPI_finish: not in SPI's memory. */
+	ids = palloc(Max(n, 1) * sizeof(Datum));
+
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessShareLock, &q);
 	if (n == 0)
@@ -206,13 +218,16 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 	for (int i = 0; i < n; i++)
 	{
 		CHECK_FOR_INTERRUPTS();
-		BrokerCheckPayloadSize(&q, (Jsonb *) DatumGetPointer(elems[i]), i + 1);
+		BrokerCheckMessageSize(&q, (Jsonb *) DatumGetPointer(elems[i]), headers,
+							   i + 1);
 	}
 	compute_times(fcinfo, &q, &t);
 
-	ids = palloc(n * sizeof(Datum));
 	for (int i = 0; i < n; i++)
+	{
+		CHECK_FOR_INTERRUPTS();
 		ids[i] = Int64GetDatum(BrokerAllocateMessageId(q.queue_id));
+	}
 
 	values[0] = Int32GetDatum(q.queue_id);
 	values[1] = PointerGetDatum(construct_array(ids, n, INT8OID, sizeof(int64),

@@ -204,6 +204,18 @@ BrokerLeaseSetVt(int32 queue_id, int64 id, int64 receipt, TimestampTz vt,
 	return true;
 }
 
+/* True when this transaction holds a live pending lease in the queue. */
+bool
+BrokerLeaseHasQueue(int32 queue_id)
+{
+	for (int i = 0; i < nleases; i++)
+	{
+		if (leases[i].queue_id == queue_id && !leases[i].deleted)
+			return true;
+	}
+	return false;
+}
+
 /* Ids of this transaction's live pending leases in a queue (for dequeue). */
 ArrayType *
 BrokerLeaseIds(int32 queue_id)

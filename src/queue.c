@@ -64,6 +64,7 @@ broker_create_queue(PG_FUNCTION_ARGS)
 	BrokerRequireArg(fcinfo, 1, "lease");
 	BrokerRequireArg(fcinfo, 2, "max_message_size");
 	BrokerRequireArg(fcinfo, 6, "if_not_exists");
+	BrokerRequireWritable("create a queue");
 	lease = PG_GETARG_INTERVAL_P(1);
 	max_message_size = PG_GETARG_INT32(2);
 	if_not_exists = PG_GETARG_BOOL(6);
@@ -163,6 +164,7 @@ broker_drop_queue(PG_FUNCTION_ARGS)
 
 	BrokerRequireArg(fcinfo, 1, "if_exists");
 	if_exists = PG_GETARG_BOOL(1);
+	BrokerRequireWritable("drop a queue");
 
 	BrokerSPIConnect();
 	if (!BrokerLookupQueue(name, if_exists, &q))
@@ -211,6 +213,7 @@ broker_purge_queue(PG_FUNCTION_ARGS)
 	BrokerQueue q;
 	uint64		n;
 
+	BrokerRequireWritable("purge a queue");
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessExclusiveLock, &q);
 	n = purge_messages(q.queue_id);

@@ -22,18 +22,52 @@
  * lookups by id try every segment, the likely one first).
  *
  * Shared state per database installation: the current segment, each
- * segment's first id, and a "drained" bit per segment.  Drained segments
- * are skipped by dequeue and by lookups.  The bit is set by the maintaining
- * transaction while it holds the segment's AccessExclusiveLock, before it
- * commits, and cleared by any insert into the segment afterwards
- * (BrokerSegmentInserted): a producer that read the current segment just
- * before a rotation and inserts after the truncation waited for the lock,
- * so it sees the bit and clears it; its message is never hidden.
- * broker.segments keeps the current segment and first ids across restarts;
- * after a restart no segment is known to be drained until checked.
+ * segment's first id, a "drained" bit per segment, and a count of open
+ * transactions that move rows between segments (or bulk-load them).
+ *
+ * What is published when
+ * ----------------------
+ * The maintaining transaction changes the shared state only when it
+ * commits (XACT_EVENT_COMMIT, after the transaction became visible and
+ * while it still holds its locks): a rotation, and the drained bit of a
+ * segment it truncated.  If it rolls back -- a statement_timeout, a
+ * cancelled maintain_segments(), a rolled-back savepoint -- nothing of it
+ * was ever published, so no segment holding rows is ever taken for
+ * drained, and no producer starts on a segment whose truncation did not
+ * happen.
+ *
+ * Drained bits are a hint that dequeue scans and the reaper use to skip
+ * empty segments; nothing that could lose a message trusts them.  The
+ * low-water-mark probe (shmem.c) looks into every segment and clears the
+ * bit of a segment in which it finds a row; lookups by id try drained
+ * segments last; and every maintenance pass checks that each drained
+ * segment is still empty.  So rows that reach a drained segment without
+ * going through the extension (a restore's COPY, a superuser's INSERT) are
+ * found, and a producer that read "current" just before a rotation and
+ * inserts after the truncation clears the bit itself (BrokerSegmentInserted).
+ *
+ * Moved rows and the low-water mark
+ * ---------------------------------
+ * Moving a row to another segment is an uncommitted delete and insert of
+ * a message whose id is far below the id sequence, which the in-flight
+ * registry of enqueues (shmem.c) does not know.  A low-water-mark refresh
+ * whose per-segment probes, each with its own snapshot, straddled the
+ * mover's commit could see the row in neither segment and move the mark
+ * past it for good.  So a mover announces itself: it increments "movers"
+ * and "move_gen" before its first move, and decrements "movers" and
+ * increments "move_gen" again when it ends (commit or abort).  A refresh
+ * reads move_gen before it starts and gives up if a mover is open; it
+ * reads move_gen again after its probes and discards its result if it
+ * changed.  A refresh therefore only advances the mark when no move was
+ * in progress at any time during it (BrokerSegmentMovesBegin/Since).  The
+ * same holds for a COPY into a segment (pg_restore), announced by the
+ * utility hook.
  *
  * Locking: an LWLock of the "broker" tranche protects the hash of states;
- * each state has a spinlock for its fields.
+ * each state has a spinlock for its fields; movers and move_gen are
+ * atomics.  Two maintaining transactions are serialised by an
+ * ExclusiveLock on broker.segments (taken with a 50 ms timeout; the second
+ * one, or one that finds the table's rows locked, skips its pass).
  *
  *-------------------------------------------------------------------------
  */
@@ -63,7 +97,7 @@ int			broker_segment_size = 100000;
 typedef struct SegKey
 {
 	Oid			dbid;
-	Oid			defs_relid;
+	Oid			installation;
 } SegKey;
 
 typedef struct SegState
@@ -73,11 +107,30 @@ typedef struct SegState
 	bool		loaded;
 	int			cur;
 	int64		first_id[BROKER_SEGMENTS];
-	uint32		drained;		/* bit per segment */
+	uint32		drained;		/* bit per segment: a hint, see above */
+	pg_atomic_uint32 movers;	/* open transactions moving rows */
+	pg_atomic_uint64 move_gen;	/* bumped when one begins and when it ends */
 } SegState;
+
+/* A change the maintaining transaction publishes when it commits. */
+typedef struct SegChange
+{
+	SubTransactionId subid;
+	int			drained_seg;	/* >= 0: set this segment's drained bit */
+	int			new_cur;		/* >= 0: rotate to this segment ... */
+	int64		first_id;		/* ... whose first id this is */
+} SegChange;
 
 static LWLock *seg_lock = NULL;
 static HTAB *seg_hash = NULL;
+
+/* Backend-local: this transaction's changes, and the state it moves in. */
+static SegChange *changes = NULL;	/* in TopTransactionContext */
+static int	nchanges = 0;
+static int	maxchanges = 0;
+static SegKey changes_key;		/* the installation they are for */
+static SegState *moving_in = NULL;
+static bool bulk_loaded = false;	/* the move was a COPY into a segment */
 
 PG_FUNCTION_INFO_V1(broker_maintain_segments);
 
@@ -103,7 +156,11 @@ BrokerSegmentShmemInit(void)
 	seg_lock = &(GetNamedLWLockTranche("broker"))[2].lock;
 }
 
-/* Read broker.segments into a state (caller is connected to SPI). */
+/*
+ * Read broker.segments into a state (caller is connected to SPI).  The
+ * table may be empty (a new installation, or one restored by pg_dump
+ * before its rows): segment 0 is then current and every first id is 0.
+ */
 static void
 load_state(SegState *st)
 {
@@ -139,6 +196,19 @@ load_state(SegState *st)
 	SpinLockRelease(&st->mutex);
 }
 
+/* Initialise a new state entry (its key is set). */
+static void
+init_state(SegState *st)
+{
+	SpinLockInit(&st->mutex);
+	st->loaded = false;
+	st->cur = 0;
+	memset(st->first_id, 0, sizeof(st->first_id));
+	st->drained = 0;
+	pg_atomic_init_u32(&st->movers, 0);
+	pg_atomic_init_u64(&st->move_gen, 0);
+}
+
 /*
  * This installation's segment state, loaded (caller is connected to SPI).
  * Without shared memory (not preloaded) a backend-local copy read afresh
@@ -154,15 +224,14 @@ seg_state(void)
 
 	if (!BrokerSharedMemoryReady())
 	{
-		SpinLockInit(&local.mutex);
-		local.loaded = false;
+		init_state(&local);
 		load_state(&local);
 		return &local;
 	}
 	BrokerRequireSharedMemory();
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
-	key.defs_relid = BrokerGetRels()->queue_defs;
+	key.installation = BrokerGetRels()->extension;
 
 	LWLockAcquire(seg_lock, LW_SHARED);
 	st = hash_search(seg_hash, &key, HASH_FIND, NULL);
@@ -178,13 +247,11 @@ seg_state(void)
 					(errcode(ERRCODE_OUT_OF_MEMORY),
 					 errmsg("too many databases use broker"),
 					 errdetail("Shared memory holds the segment state of at most %d installations.",
-							   BROKER_MAX_INSTALLATIONS)));
+							   BROKER_MAX_INSTALLATIONS),
+					 errhint("Drop the extension in databases that do not use it.")));
 		}
 		if (!found)
-		{
-			SpinLockInit(&st->mutex);
-			st->loaded = false;
-		}
+			init_state(st);
 		LWLockRelease(seg_lock);
 	}
 	if (!st->loaded)
@@ -192,32 +259,57 @@ seg_state(void)
 	return st;
 }
 
+/*
+ * The state as this backend sees it: the shared state, with the changes
+ * its own transaction will publish at commit applied (it reads its own
+ * writes: after its own rotation, its own enqueues go to the new current
+ * segment, which nobody else can use before it commits).
+ */
+static void
+view_state(SegState *st, int *cur, uint32 *drained, int64 *first)
+{
+	SpinLockAcquire(&st->mutex);
+	*cur = st->cur;
+	*drained = st->drained;
+	if (first)
+		memcpy(first, st->first_id, sizeof(st->first_id));
+	SpinLockRelease(&st->mutex);
+	if (nchanges == 0 || memcmp(&changes_key, &st->key, sizeof(SegKey)) != 0)
+		return;
+	for (int i = 0; i < nchanges; i++)
+	{
+		if (changes[i].drained_seg >= 0)
+			*drained |= 1u << changes[i].drained_seg;
+		if (changes[i].new_cur >= 0)
+		{
+			*cur = changes[i].new_cur;
+			*drained &= ~(1u << *cur);
+			if (first)
+				first[*cur] = changes[i].first_id;
+		}
+	}
+}
+
 /* The segment new messages go to. */
 int
 BrokerSegmentCurrent(void)
 {
-	SegState   *st = seg_state();
 	int			cur;
+	uint32		drained;
 
-	SpinLockAcquire(&st->mutex);
-	cur = st->cur;
-	SpinLockRelease(&st->mutex);
+	view_state(seg_state(), &cur, &drained, NULL);
 	return cur;
 }
 
-/* The segments to scan, oldest first, drained ones left out. */
+/* The segments a dequeue scans, oldest first, drained ones left out. */
 int
 BrokerSegmentScanOrder(int *segs)
 {
-	SegState   *st = seg_state();
 	int			cur;
 	uint32		drained;
 	int			n = 0;
 
-	SpinLockAcquire(&st->mutex);
-	cur = st->cur;
-	drained = st->drained;
-	SpinLockRelease(&st->mutex);
+	view_state(seg_state(), &cur, &drained, NULL);
 	for (int i = 1; i <= BROKER_SEGMENTS; i++)
 	{
 		int			seg = (cur + i) % BROKER_SEGMENTS;
@@ -229,50 +321,260 @@ BrokerSegmentScanOrder(int *segs)
 }
 
 /*
- * The segments to look for one message in: the one whose id range holds
- * the id first, then the others (moved or late messages).
+ * The segments to look for one message in, every one: first the one whose
+ * id range holds the id, then the other undrained ones (moved or late
+ * messages), then the drained ones (rows loaded behind the extension's
+ * back; see the file header).
  */
 int
 BrokerSegmentLookupOrder(int64 id, int *segs)
 {
-	SegState   *st = seg_state();
-	int			n = BrokerSegmentScanOrder(segs);
+	int			cur;
+	uint32		drained;
 	int			best = -1;
 	int64		best_first = -1;
+	int64		first[BROKER_SEGMENTS];
+	int			n = 0;
 
-	SpinLockAcquire(&st->mutex);
-	for (int i = 0; i < n; i++)
+	view_state(seg_state(), &cur, &drained, first);
+
+	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
 	{
-		int64		first = st->first_id[segs[i]];
-
-		if (first <= id && first >= best_first)
+		if ((seg == cur || (drained & (1u << seg)) == 0) &&
+			first[seg] <= id && first[seg] >= best_first)
 		{
-			best = i;
-			best_first = first;
+			best = seg;
+			best_first = first[seg];
 		}
 	}
-	SpinLockRelease(&st->mutex);
-	if (best > 0)
+	if (best >= 0)
+		segs[n++] = best;
+	for (int pass = 0; pass < 2; pass++)
 	{
-		int			tmp = segs[best];
+		for (int i = 1; i <= BROKER_SEGMENTS; i++)
+		{
+			int			seg = (cur + i) % BROKER_SEGMENTS;
+			bool		is_drained = seg != cur && (drained & (1u << seg)) != 0;
 
-		memmove(&segs[1], &segs[0], best * sizeof(int));
-		segs[0] = tmp;
+			if (seg != best && is_drained == (pass == 1))
+				segs[n++] = seg;
+		}
 	}
 	return n;
+}
+
+/* Clear a segment's drained bit, the published one and a pending one. */
+static void
+clear_drained(SegState *st, int seg)
+{
+	for (int i = 0; i < nchanges; i++)
+	{
+		if (changes[i].drained_seg == seg)
+			changes[i].drained_seg = -1;
+	}
+	if ((st->drained & (1u << seg)) == 0)
+		return;
+	SpinLockAcquire(&st->mutex);
+	st->drained &= ~(1u << seg);
+	SpinLockRelease(&st->mutex);
 }
 
 /* A message went into a segment: it is not drained (any more). */
 void
 BrokerSegmentInserted(int seg)
 {
+	clear_drained(seg_state(), seg);
+}
+
+/* A live row was seen in a segment: it is not drained. */
+void
+BrokerSegmentFound(int seg)
+{
+	clear_drained(seg_state(), seg);
+}
+
+/*
+ * Before a low-water-mark refresh: the move generation to compare with
+ * afterwards; *moving is set when a mover is open (no refresh now).
+ */
+uint64
+BrokerSegmentMovesBegin(bool *moving)
+{
+	SegState   *st = seg_state();
+	uint64		gen;
+
+	gen = pg_atomic_read_u64(&st->move_gen);
+	pg_memory_barrier();
+	*moving = pg_atomic_read_u32(&st->movers) > 0;
+	return gen;
+}
+
+/* After the refresh's probes: did a move begin or end meanwhile? */
+bool
+BrokerSegmentMovesSince(uint64 gen)
+{
 	SegState   *st = seg_state();
 
-	if ((st->drained & (1u << seg)) == 0)
+	pg_memory_barrier();
+	return pg_atomic_read_u64(&st->move_gen) != gen;
+}
+
+/*
+ * This transaction is about to put rows with old ids into a segment
+ * (moving them, or a COPY): announce it until the transaction ends.
+ */
+static void
+announce_mover(SegState *st)
+{
+	if (moving_in != NULL)
 		return;
-	SpinLockAcquire(&st->mutex);
-	st->drained &= ~(1u << seg);
-	SpinLockRelease(&st->mutex);
+	pg_atomic_fetch_add_u32(&st->movers, 1);
+	pg_atomic_fetch_add_u64(&st->move_gen, 1);
+	moving_in = st;
+}
+
+/* A COPY into a segment table (utility hook): it is a mover. */
+void
+BrokerSegmentBulkLoad(void)
+{
+	const BrokerRels *rels;
+
+	if (!BrokerSharedMemoryReady() || (rels = BrokerFindRels(true)) == NULL)
+		return;
+	BrokerRequireSharedMemory();	/* registers the transaction callbacks */
+	BrokerSPIConnect();
+	announce_mover(seg_state());
+	bulk_loaded = true;
+	BrokerSPIFinish();
+}
+
+/* Record a change of a state to publish at commit. */
+static void
+add_change(SegState *st, int drained_seg, int new_cur, int64 first_id)
+{
+	SegChange  *c;
+
+	changes_key = st->key;
+
+	if (nchanges == maxchanges)
+	{
+		int			newmax = maxchanges == 0 ? 8 : maxchanges * 2;
+
+		if (changes == NULL)
+			changes = MemoryContextAlloc(TopTransactionContext,
+										 newmax * sizeof(SegChange));
+		else
+			changes = repalloc(changes, newmax * sizeof(SegChange));
+		maxchanges = newmax;
+	}
+	c = &changes[nchanges++];
+	c->subid = GetCurrentSubTransactionId();
+	c->drained_seg = drained_seg;
+	c->new_cur = new_cur;
+	c->first_id = first_id;
+}
+
+/* True when this transaction has segment changes or a move open. */
+bool
+BrokerSegmentPending(void)
+{
+	return nchanges > 0 || moving_in != NULL;
+}
+
+/*
+ * The transaction ends: on commit publish its changes (it is visible now
+ * and still holds its locks); in any case end its move.
+ */
+void
+BrokerSegmentXactEnd(bool commit)
+{
+	if (commit && nchanges > 0 && seg_hash != NULL)
+	{
+		SegState   *st;
+
+		/* No catalog access here: the key was noted with the changes. */
+		LWLockAcquire(seg_lock, LW_SHARED);
+		st = hash_search(seg_hash, &changes_key, HASH_FIND, NULL);
+		if (st != NULL)
+		{
+			SpinLockAcquire(&st->mutex);
+			for (int i = 0; i < nchanges; i++)
+			{
+				SegChange  *c = &changes[i];
+
+				if (c->drained_seg >= 0)
+					st->drained |= 1u << c->drained_seg;
+				if (c->new_cur >= 0)
+				{
+					st->cur = c->new_cur;
+					st->first_id[c->new_cur] = c->first_id;
+					st->drained &= ~(1u << c->new_cur);
+				}
+			}
+			SpinLockRelease(&st->mutex);
+		}
+		LWLockRelease(seg_lock);
+	}
+	if (moving_in != NULL)
+	{
+		SegKey		key = moving_in->key;
+
+		pg_atomic_fetch_sub_u32(&moving_in->movers, 1);
+		pg_atomic_fetch_add_u64(&moving_in->move_gen, 1);
+		moving_in = NULL;
+
+		/*
+		 * Moved rows were live, so no mark was past them before the move,
+		 * and the move generation kept refreshes from passing them since.
+		 * Rows a COPY loaded may be below marks that passed their ids long
+		 * ago: those marks start again from 0.
+		 */
+		if (commit && bulk_loaded)
+			BrokerResetMarks(key.dbid, key.installation);
+	}
+	bulk_loaded = false;
+	changes = NULL;				/* freed with TopTransactionContext */
+	nchanges = maxchanges = 0;
+}
+
+/* A subtransaction ended: forget its changes if it rolled back. */
+void
+BrokerSegmentSubXactEnd(SubTransactionId mySubid, SubTransactionId parentSubid,
+						bool commit)
+{
+	int			j = 0;
+
+	for (int i = 0; i < nchanges; i++)
+	{
+		if (changes[i].subid != mySubid)
+			changes[j++] = changes[i];
+		else if (commit)
+		{
+			changes[i].subid = parentSubid;
+			changes[j++] = changes[i];
+		}
+	}
+	nchanges = j;
+}
+
+/* Remove the segment state of an installation, or of every one of a database. */
+void
+BrokerSegmentForget(Oid dbid, Oid installation)
+{
+	HASH_SEQ_STATUS seq;
+	SegState   *st;
+
+	if (seg_hash == NULL)
+		return;
+	LWLockAcquire(seg_lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, seg_hash);
+	while ((st = hash_seq_search(&seq)) != NULL)
+	{
+		if (st->key.dbid == dbid &&
+			(!OidIsValid(installation) || st->key.installation == installation))
+			hash_search(seg_hash, &st->key, HASH_REMOVE, NULL);
+	}
+	LWLockRelease(seg_lock);
 }
 
 /* A step that may fail with one tolerated error (see try_step). */
@@ -339,11 +641,11 @@ truncate_step(Oid relid, int seg, LOCKMODE mode)
 }
 
 /*
- * Take a lock on a segment, waiting at most 50 ms; false if it could not
- * be had now (someone is still using the segment).
+ * Take a lock on a relation, waiting at most 50 ms; false if it could not
+ * be had now (someone is still using it).
  */
 static bool
-lock_segment(Oid relid, LOCKMODE mode)
+lock_briefly(Oid relid, LOCKMODE mode)
 {
 	return try_step(lock_step, relid, -1, mode, ERRCODE_LOCK_NOT_AVAILABLE);
 }
@@ -373,32 +675,13 @@ run_on_segment(const char *fmt, int seg, int expect)
 	return SPI_processed;
 }
 
-/*
- * Lock every segment in the given mode, in segment order, waiting at most
- * 50 ms for each; false if one could not be had.  The background worker
- * does this before it touches the segments, so that it never waits long
- * while holding other locks: DROP EXTENSION, which takes the same tables
- * in another order, then waits for it instead of deadlocking with it.
- */
-bool
-BrokerSegmentsLockAll(LOCKMODE mode)
-{
-	const BrokerRels *rels = BrokerGetRels();
-
-	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
-	{
-		if (!lock_segment(rels->segment[seg], mode))
-			return false;
-	}
-	return true;
-}
-
 /* Live rows of a segment, counted up to "upto". */
 static int64
 count_rows(int seg, int64 upto)
 {
-	char	   *sql = psprintf("SELECT count(*) FROM (SELECT 1 FROM broker.messages_%d"
-							   " LIMIT " INT64_FORMAT ") s", seg, upto);
+	char	   *sql = psprintf("SELECT pg_catalog.count(*) FROM"
+							   " (SELECT 1 FROM broker.messages_%d LIMIT " INT64_FORMAT ") s",
+							   seg, upto);
 	int			rc = SPI_execute(sql, false, 1);
 	bool		isnull;
 
@@ -412,16 +695,18 @@ count_rows(int seg, int64 upto)
 
 /* Move up to BROKER_MOVE_BATCH rows, every column kept, to another segment. */
 static void
-move_rows(int from, int to)
+move_rows(SegState *st, int from, int to)
 {
-	char	   *sql = psprintf("WITH m AS (DELETE FROM broker.messages_%d"
-							   "  WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
-							   "    SELECT ctid FROM broker.messages_%d LIMIT %d))"
-							   "  RETURNING *)"
-							   " INSERT INTO broker.messages_%d SELECT * FROM m",
+	char	   *sql = psprintf("WITH m AS (DELETE FROM broker.messages_%d d"
+							   "  WHERE d.ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+							   "    SELECT s.ctid FROM broker.messages_%d s LIMIT %d))"
+							   "  RETURNING d.*)"
+							   " INSERT INTO broker.messages_%d SELECT m.* FROM m",
 							   from, from, BROKER_MOVE_BATCH, to);
-	int			rc = SPI_execute(sql, false, 0);
+	int			rc;
 
+	announce_mover(st);
+	rc = SPI_execute(sql, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "broker: moving messages between segments failed: %s",
 			 SPI_result_code_string(rc));
@@ -432,6 +717,7 @@ move_rows(int from, int to)
  * One maintenance step in the caller's transaction (SPI connected):
  * truncate drained segments, move the last live rows out of the segment
  * that is to become current next, rotate when the current segment is full.
+ * Nothing of it is published before the transaction commits.
  */
 void
 BrokerSegmentsMaintain(void)
@@ -440,14 +726,29 @@ BrokerSegmentsMaintain(void)
 	const BrokerRels *rels = BrokerGetRels();
 	int			cur;
 	int			next;
+	uint32		drained;
 	int64		last_id;
+	int64		first_cur;
 	bool		rotate_due;
+	bool		next_drained = false;
 	bool		isnull;
 	int			rc;
 
-	SpinLockAcquire(&st->mutex);
-	cur = st->cur;
-	SpinLockRelease(&st->mutex);
+	/*
+	 * One maintainer at a time (a second one has nothing to do), and never
+	 * one that waits: ExclusiveLock also conflicts with a session that
+	 * holds rows of broker.segments FOR UPDATE.
+	 */
+	if (!lock_briefly(rels->segments, ExclusiveLock))
+		return;
+
+	/* A previous maintainer has committed and published: fresh state. */
+	{
+		int64		first[BROKER_SEGMENTS];
+
+		view_state(st, &cur, &drained, first);
+		first_cur = first[cur];
+	}
 	next = (cur + 1) % BROKER_SEGMENTS;
 
 	rc = SPI_execute("SELECT s.last_value FROM broker.message_id_seq s", false, 1);
@@ -455,13 +756,20 @@ BrokerSegmentsMaintain(void)
 		elog(ERROR, "broker: reading the message id sequence failed");
 	last_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 										  SPI_tuptable->tupdesc, 1, &isnull));
-	rotate_due = last_id - st->first_id[cur] >= broker_segment_size;
+	rotate_due = last_id - first_cur >= broker_segment_size;
 
 	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
 	{
 		CHECK_FOR_INTERRUPTS();
-		if (seg == cur || (st->drained & (1u << seg)) != 0)
+		if (seg == cur)
 			continue;
+		if ((drained & (1u << seg)) != 0)
+		{
+			if (seg == next)
+				next_drained = true;
+			continue;
+		}
+
 		/*
 		 * Cheap look first, without the lock: live rows left, nothing to do
 		 * yet.  Only the segment that must become current next has its last
@@ -475,59 +783,81 @@ BrokerSegmentsMaintain(void)
 		}
 		else if (count_rows(seg, 1) > 0)
 			continue;
-		if (!lock_segment(rels->segment[seg], AccessExclusiveLock))
+		if (!lock_briefly(rels->segment[seg], AccessExclusiveLock))
 			continue;
 		/* With the lock, every writer of the segment has finished. */
-		if (seg == next && rotate_due)
-			move_rows(seg, cur);
+		if (seg == next && rotate_due && count_rows(seg, 1) > 0)
+			move_rows(st, seg, cur);
 		if (count_rows(seg, 1) > 0)
 			continue;
-		SpinLockAcquire(&st->mutex);
-		st->drained |= 1u << seg;
-		SpinLockRelease(&st->mutex);
 		if (!truncate_segment(seg))
-		{
-			SpinLockAcquire(&st->mutex);
-			st->drained &= ~(1u << seg);
-			SpinLockRelease(&st->mutex);
-		}
+			continue;
+		add_change(st, seg, -1, 0);
+		if (seg == next)
+			next_drained = true;
 	}
 
-	if (rotate_due && (st->drained & (1u << next)) != 0)
+	if (rotate_due && next_drained)
 	{
 		Datum		values[2];
 		Oid			types[2] = {INT4OID, INT8OID};
 
 		values[0] = Int32GetDatum(next);
 		values[1] = Int64GetDatum(last_id + 1);
-		rc = SPI_execute_with_args("UPDATE broker.segments s"
-								   "   SET current = (s.segment OPERATOR(pg_catalog.=) $1),"
-								   "       first_id = CASE WHEN s.segment OPERATOR(pg_catalog.=) $1"
-								   "                  THEN $2 ELSE s.first_id END",
+		/* The table may have no rows yet (see load_state): upsert all four. */
+		rc = SPI_execute_with_args("INSERT INTO broker.segments AS s (segment, current, first_id)"
+								   " SELECT g.i, g.i OPERATOR(pg_catalog.=) $1,"
+								   "        CASE WHEN g.i OPERATOR(pg_catalog.=) $1 THEN $2 ELSE 0 END"
+								   "   FROM pg_catalog.generate_series(0, 3) AS g(i)"
+								   " ON CONFLICT (segment) DO UPDATE"
+								   "   SET current = EXCLUDED.current,"
+								   "       first_id = CASE WHEN EXCLUDED.current"
+								   "                  THEN EXCLUDED.first_id ELSE s.first_id END",
 								   2, types, values, NULL, false, 0);
-		if (rc != SPI_OK_UPDATE)
+		if (rc != SPI_OK_INSERT)
 			elog(ERROR, "broker: rotating segments failed: %s",
 				 SPI_result_code_string(rc));
-		/* Producers may start on it now; an abort leaves a harmless mix. */
-		SpinLockAcquire(&st->mutex);
-		st->cur = next;
-		st->first_id[next] = last_id + 1;
-		st->drained &= ~(1u << next);
-		SpinLockRelease(&st->mutex);
+		/* Producers may start on it once this transaction has committed. */
+		add_change(st, -1, next, last_id + 1);
+	}
+}
+
+/*
+ * Check every drained segment for rows (a restore's COPY, a superuser's
+ * INSERT): a segment with rows loses its drained bit.  Caller is connected
+ * to SPI; a few index-less probes of empty tables.
+ */
+void
+BrokerSegmentsVerifyDrained(void)
+{
+	SegState   *st = seg_state();
+	int			cur;
+	uint32		drained;
+
+	view_state(st, &cur, &drained, NULL);
+	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
+	{
+		if ((drained & (1u << seg)) != 0 && count_rows(seg, 1) > 0)
+			clear_drained(st, seg);
 	}
 }
 
 /*
  * broker.maintain_segments(): one maintenance step now (what the worker
- * does every broker.reaper_interval), then the state of every segment.
+ * does every broker.reaper_interval), then the state of every segment as
+ * this transaction will publish it.
  */
 Datum
 broker_maintain_segments(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	SegState   *st;
+	int			cur;
+	int64		first[BROKER_SEGMENTS];
+	uint32		drained;
 
 	BrokerRequireSharedMemory();
+	BrokerRequireWritable("maintain segments");
 	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,
 				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
@@ -535,17 +865,19 @@ broker_maintain_segments(PG_FUNCTION_ARGS)
 				 errdetail("It checks that a segment is empty with a new snapshot; an older one could miss a message committed since.")));
 	InitMaterializedSRF(fcinfo, 0);
 	BrokerSPIConnect();
+	BrokerSegmentsVerifyDrained();
 	BrokerSegmentsMaintain();
 	st = seg_state();
+	view_state(st, &cur, &drained, first);
 	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
 	{
 		Datum		values[5];
 		bool		nulls[5] = {false, false, false, false, false};
 
 		values[0] = Int32GetDatum(seg);
-		values[1] = BoolGetDatum(st->cur == seg);
-		values[2] = Int64GetDatum(st->first_id[seg]);
-		values[3] = BoolGetDatum((st->drained & (1u << seg)) != 0);
+		values[1] = BoolGetDatum(cur == seg);
+		values[2] = Int64GetDatum(first[seg]);
+		values[3] = BoolGetDatum((drained & (1u << seg)) != 0);
 		values[4] = Int64GetDatum(DatumGetInt64(DirectFunctionCall1(pg_total_relation_size,
 																	ObjectIdGetDatum(BrokerGetRels()->segment[seg]))));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);

@@ -33,15 +33,27 @@
  * cleared by the transaction-end callback, which for a commit runs after
  * the transaction became visible (after ProcArrayEndTransaction).
  *
+ * A backend registers at most BROKER_INFLIGHT_MAX - 1 queues by name in
+ * a transaction; beyond that it registers one "several queues" entry whose
+ * id is the first it allocated after running out (ids a session allocates
+ * only grow) and whose 64-bit mask has bit (queue_id % 64) set for each
+ * further queue, set before the first nextval for that queue as above.
+ * It holds the marks of those queues (and of the few others that share
+ * their bits) at that id: correct and bounded for any number of queues.
+ *
  * A consumer advances lwm(q) as follows (BrokerMaybeRefreshLwm):
+ *	 0. gen := the segments' move generation (segment.c); give up if a
+ *		transaction that moves rows between segments is open.
  *	 1. fence := nextval(message_id_seq).  Any id allocated later is above
  *		fence; any allocated earlier is below it, and its producer's
  *		registration (made before its nextval) is visible to us now.
- *	 2. floor := min(fence, every registered in-flight id of q); give up if
- *		a slot for q is still "allocating" or has overflowed.
- *	 3. M := the lowest id of q visible to a new snapshot (plain read; rows
- *		locked, leased, delayed or being deleted by others are all seen).
- *	 4. lwm := max(lwm, min(floor, M)).
+ *	 2. floor := min(fence, every registered in-flight id of q or of "any
+ *		queue"); give up if such an entry is still "allocating".
+ *	 3. M := the lowest id of q visible to a new snapshot in every segment
+ *		(plain reads; rows locked, leased, delayed or being deleted by
+ *		others are all seen; drained segments are probed too).
+ *	 4. give up if the move generation is no longer gen; else
+ *		lwm := max(lwm, min(floor, M)).
  * A message with id below the new mark was either allocated before the
  * fence and (by 2) committed before our snapshot, so step 3 would have seen
  * it, or it was deleted by a committed transaction.  Rows deleted by our
@@ -54,6 +66,10 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/objectaccess.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
 #include "commands/sequence.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -69,13 +85,18 @@
 /* Refresh a queue's low-water mark at most this often (microseconds). */
 #define BROKER_LWM_REFRESH_US	10000
 
-/* In-flight registrations per backend before it falls back to "overflow". */
+/* In-flight registrations per backend, the last one for "any queue". */
 #define BROKER_INFLIGHT_MAX		8
+
+/* queue_id of an in-flight entry that stands for the queues of its mask */
+#define BROKER_ANY_QUEUE		0
+#define QUEUE_BIT(queue_id)		(UINT64CONST(1) << ((uint32) (queue_id) % 64))
 
 typedef struct BrokerInflight
 {
 	Oid			dbid;
-	int32		queue_id;
+	int32		queue_id;		/* or BROKER_ANY_QUEUE */
+	uint64		mask;			/* BROKER_ANY_QUEUE: QUEUE_BIT of its queues */
 	int64		min_id;			/* 0 while the first id is being allocated */
 } BrokerInflight;
 
@@ -83,7 +104,6 @@ typedef struct BrokerBackendSlot
 {
 	slock_t		mutex;
 	int			nentries;
-	Oid			overflow_db;	/* valid: entries overflowed in this db */
 	BrokerInflight e[BROKER_INFLIGHT_MAX];
 } BrokerBackendSlot;
 
@@ -97,7 +117,7 @@ typedef struct BrokerShared
 /* What this transaction did to one queue, published at commit. */
 typedef struct BrokerPending
 {
-	Oid			defs_relid;
+	Oid			installation;
 	int32		queue_id;
 	SubTransactionId subid;
 	bool		dropped;
@@ -117,9 +137,23 @@ static int	npending = 0;
 static int	maxpending = 0;
 static int32 registered[BROKER_INFLIGHT_MAX];	/* mirror of my slot */
 static int	nregistered = 0;
-static bool registered_overflow = false;
+static bool registered_any = false; /* holds a BROKER_ANY_QUEUE entry ... */
+static int	any_index = -1;		/* ... at this index of my slot */
+static uint64 any_mask = 0;		/* mirror of its mask */
 static bool xact_deleted = false;
 static bool callbacks_registered = false;
+
+/* Installations dropped by this transaction: forgotten when it commits. */
+typedef struct BrokerDropped
+{
+	Oid			dbid;
+	Oid			installation;	/* InvalidOid: every one of the database */
+} BrokerDropped;
+
+static BrokerDropped *dropped = NULL;	/* in TopTransactionContext */
+static int	ndropped = 0;
+static int	maxdropped = 0;
+static object_access_hook_type prev_object_access_hook = NULL;
 
 static void broker_shmem_request(void);
 static void broker_shmem_startup(void);
@@ -127,6 +161,8 @@ static Size broker_shmem_size(void);
 static void broker_xact_callback(XactEvent event, void *arg);
 static void broker_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 									SubTransactionId parentSubid, void *arg);
+static void broker_object_access(ObjectAccessType access, Oid classId,
+								 Oid objectId, int subId, void *arg);
 
 /* Install the shared-memory hooks; called from _PG_init when preloaded. */
 void
@@ -136,6 +172,8 @@ BrokerShmemInit(void)
 	shmem_request_hook = broker_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = broker_shmem_startup;
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = broker_object_access;
 }
 
 /* Space for the backend slots and the queue-state hash table. */
@@ -191,7 +229,6 @@ broker_shmem_startup(void)
 
 			SpinLockInit(&slot->mutex);
 			slot->nentries = 0;
-			slot->overflow_db = InvalidOid;
 		}
 	}
 
@@ -253,7 +290,7 @@ BrokerQueueStateGet(int32 queue_id, bool create)
 
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
-	key.defs_relid = BrokerGetRels()->queue_defs;
+	key.installation = BrokerGetRels()->extension;
 	key.queue_id = queue_id;
 
 	LWLockAcquire(broker_shared->lock, LW_SHARED);
@@ -279,6 +316,7 @@ BrokerQueueStateGet(int32 queue_id, bool create)
 		SpinLockInit(&state->mutex);
 		state->refreshing = false;
 		state->last_refresh = 0;
+		state->mark_resets = 0;
 		pg_atomic_init_u64(&state->lwm, 0);
 		pg_atomic_init_u64(&state->enqueued_total, 0);
 		pg_atomic_init_u64(&state->deleted_total, 0);
@@ -327,7 +365,7 @@ pending_entry(int32 queue_id, bool create_state)
 		(void) BrokerQueueStateGet(queue_id, true);
 	p = &pending[npending++];
 	memset(p, 0, sizeof(*p));
-	p->defs_relid = BrokerGetRels()->queue_defs;
+	p->installation = BrokerGetRels()->extension;
 	p->queue_id = queue_id;
 	p->subid = subid;
 	p->min_due = BROKER_NO_DUE;
@@ -406,6 +444,49 @@ BrokerNoteDroppedQueue(int32 queue_id)
 }
 
 /*
+ * Register a queue in my slot before the first id allocated for it in this
+ * transaction: an entry of its own while there is room for two more, else
+ * its bit in the BROKER_ANY_QUEUE entry.  Returns the index of a new entry
+ * whose min_id must be set once the id is allocated, else -1.
+ */
+static int
+register_inflight(int32 queue_id)
+{
+	BrokerBackendSlot *slot = my_slot();
+	int			idx = -1;
+
+	SpinLockAcquire(&slot->mutex);
+	if (slot->nentries < BROKER_INFLIGHT_MAX - 1)
+	{
+		idx = slot->nentries++;
+		slot->e[idx].dbid = MyDatabaseId;
+		slot->e[idx].queue_id = queue_id;
+		slot->e[idx].mask = 0;
+		slot->e[idx].min_id = 0;
+	}
+	else if (any_index < 0)
+	{
+		idx = slot->nentries++;
+		slot->e[idx].dbid = MyDatabaseId;
+		slot->e[idx].queue_id = BROKER_ANY_QUEUE;
+		slot->e[idx].mask = QUEUE_BIT(queue_id);
+		slot->e[idx].min_id = 0;
+		any_index = idx;
+	}
+	else
+		slot->e[any_index].mask |= QUEUE_BIT(queue_id);
+	SpinLockRelease(&slot->mutex);
+
+	if (idx >= 0 && idx == any_index)
+		registered_any = true;
+	else if (idx >= 0)
+		registered[nregistered++] = queue_id;
+	if (any_index >= 0)
+		any_mask |= QUEUE_BIT(queue_id);
+	return idx;
+}
+
+/*
  * Allocate the id of a new message in a queue, registering the enqueue as
  * in flight first (see the file header).
  */
@@ -415,39 +496,20 @@ BrokerAllocateMessageId(int32 queue_id)
 	BrokerBackendSlot *slot;
 	int			idx = -1;
 	int64		id;
+	bool		known = false;
 
 	BrokerRequireSharedMemory();
 
-	for (int i = 0; i < nregistered; i++)
-	{
-		if (registered[i] == queue_id)
-			return nextval_internal(BrokerGetRels()->message_id_seq, false);
-	}
-	if (registered_overflow)
-		return nextval_internal(BrokerGetRels()->message_id_seq, false);
-
-	slot = my_slot();
-	SpinLockAcquire(&slot->mutex);
-	if (slot->nentries < BROKER_INFLIGHT_MAX)
-	{
-		idx = slot->nentries++;
-		slot->e[idx].dbid = MyDatabaseId;
-		slot->e[idx].queue_id = queue_id;
-		slot->e[idx].min_id = 0;
-	}
-	else
-		slot->overflow_db = MyDatabaseId;
-	SpinLockRelease(&slot->mutex);
-
-	if (idx >= 0)
-		registered[nregistered++] = queue_id;
-	else
-		registered_overflow = true;
-
+	for (int i = 0; i < nregistered && !known; i++)
+		known = registered[i] == queue_id;
+	if (!known && registered_any && (any_mask & QUEUE_BIT(queue_id)) != 0)
+		known = true;
+	if (!known)
+		idx = register_inflight(queue_id);
 	id = nextval_internal(BrokerGetRels()->message_id_seq, false);
-
 	if (idx >= 0)
 	{
+		slot = my_slot();
 		SpinLockAcquire(&slot->mutex);
 		slot->e[idx].min_id = id;
 		SpinLockRelease(&slot->mutex);
@@ -461,15 +523,16 @@ clear_registrations(void)
 {
 	BrokerBackendSlot *slot;
 
-	if (nregistered == 0 && !registered_overflow)
+	if (nregistered == 0 && !registered_any)
 		return;
 	slot = my_slot();
 	SpinLockAcquire(&slot->mutex);
 	slot->nentries = 0;
-	slot->overflow_db = InvalidOid;
 	SpinLockRelease(&slot->mutex);
 	nregistered = 0;
-	registered_overflow = false;
+	registered_any = false;
+	any_index = -1;
+	any_mask = 0;
 }
 
 /*
@@ -487,13 +550,14 @@ inflight_floor(int32 queue_id, int64 fence)
 		bool		blocked = false;
 
 		SpinLockAcquire(&slot->mutex);
-		if (slot->overflow_db == MyDatabaseId)
-			blocked = true;
 		for (int j = 0; j < slot->nentries && !blocked; j++)
 		{
 			BrokerInflight *e = &slot->e[j];
 
-			if (e->dbid != MyDatabaseId || e->queue_id != queue_id)
+			if (e->dbid != MyDatabaseId ||
+				(e->queue_id != queue_id &&
+				 (e->queue_id != BROKER_ANY_QUEUE ||
+				  (e->mask & QUEUE_BIT(queue_id)) == 0)))
 				continue;
 			if (e->min_id == 0)
 				blocked = true;
@@ -518,6 +582,7 @@ BrokerMaybeRefreshLwm(int32 queue_id, BrokerQueueState *state)
 	int64		fence;
 	int64		floor;
 	int64		old;
+	uint64		resets;
 
 	if (xact_deleted || IsolationUsesXactSnapshot())
 		return;
@@ -530,29 +595,34 @@ BrokerMaybeRefreshLwm(int32 queue_id, BrokerQueueState *state)
 		return;
 	}
 	state->refreshing = true;
+	resets = state->mark_resets;
 	SpinLockRelease(&state->mutex);
 
 	PG_TRY();
 	{
+		bool		moving;
+		uint64		gen = BrokerSegmentMovesBegin(&moving);
+
 		old = (int64) pg_atomic_read_u64(&state->lwm);
-		fence = nextval_internal(BrokerGetRels()->message_id_seq, false);
-		floor = inflight_floor(queue_id, fence);
+		fence = moving ? -1 : nextval_internal(BrokerGetRels()->message_id_seq, false);
+		floor = moving ? -1 : inflight_floor(queue_id, fence);
 		if (floor > old)
 		{
 			Datum		values[2];
 			char		nulls[2] = {' ', ' '};
 			int			rc;
 
-			int			segs[BROKER_SEGMENTS];
-			int			nsegs = BrokerSegmentScanOrder(segs);
-
 			values[0] = Int32GetDatum(queue_id);
 			values[1] = Int64GetDatum(old);
-			/* One index probe per segment: the view would be scanned whole. */
-			for (int i = 0; i < nsegs; i++)
+
+			/*
+			 * One index probe per segment, every segment: a drained one is
+			 * only a hint, and rows found there clear it (segment.c).
+			 */
+			for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
 			{
-				rc = BrokerExecute(BrokerPlanSeg(PLAN_LWM_PROBE, segs[i]),
-									  values, nulls, 1);
+				rc = BrokerExecute(BrokerPlanSeg(PLAN_LWM_PROBE, seg),
+								   values, nulls, 1);
 				if (rc != SPI_OK_SELECT)
 					elog(ERROR, "broker: low-water mark probe failed: %s",
 						 SPI_result_code_string(rc));
@@ -565,18 +635,23 @@ BrokerMaybeRefreshLwm(int32 queue_id, BrokerQueueState *state)
 
 					if (m < floor)
 						floor = m;
+					BrokerSegmentFound(seg);
 				}
 			}
-			/* Only ever move the mark up. */
-			while (floor > old)
-			{
-				uint64		expected = (uint64) old;
+			/* A move began or ended during the probes: they may miss it. */
+			if (BrokerSegmentMovesSince(gen))
+				floor = -1;
 
-				if (pg_atomic_compare_exchange_u64(&state->lwm, &expected,
-												   (uint64) floor))
-					break;
-				old = (int64) expected;
-			}
+			/*
+			 * Only ever move the mark up, and not at all if it was reset
+			 * meanwhile (BrokerResetMarks): other refreshes are excluded by
+			 * the refreshing flag, resets by the mutex.
+			 */
+			SpinLockAcquire(&state->mutex);
+			if (state->mark_resets == resets &&
+				floor > (int64) pg_atomic_read_u64(&state->lwm))
+				pg_atomic_write_u64(&state->lwm, (uint64) floor);
+			SpinLockRelease(&state->mutex);
 		}
 	}
 	PG_FINALLY();
@@ -610,7 +685,7 @@ pending_state(BrokerPending *p)
 
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
-	key.defs_relid = p->defs_relid;
+	key.installation = p->installation;
 	key.queue_id = p->queue_id;
 	return hash_search(broker_queue_hash, &key, HASH_FIND, NULL);
 }
@@ -673,7 +748,7 @@ publish_pending(void)
 		if (!p->dropped &&
 			(p->counts[BROKER_COUNT_DELIVERED] > 0 ||
 			 p->counts[BROKER_COUNT_DELETED] > 0))
-			BrokerConsumerCount(p->defs_relid, p->queue_id,
+			BrokerConsumerCount(p->installation, p->queue_id,
 								p->counts[BROKER_COUNT_DELIVERED],
 								p->counts[BROKER_COUNT_DELETED]);
 	}
@@ -686,13 +761,117 @@ publish_pending(void)
 			continue;
 		memset(&key, 0, sizeof(key));
 		key.dbid = MyDatabaseId;
-		key.defs_relid = pending[i].defs_relid;
+		key.installation = pending[i].installation;
 		key.queue_id = pending[i].queue_id;
 		LWLockAcquire(broker_shared->lock, LW_EXCLUSIVE);
 		hash_search(broker_queue_hash, &key, HASH_REMOVE, NULL);
 		LWLockRelease(broker_shared->lock);
-		BrokerConsumerForgetQueue(pending[i].defs_relid, pending[i].queue_id);
+		BrokerConsumerForgetQueue(pending[i].installation, pending[i].queue_id);
 	}
+}
+
+/*
+ * Remove the shared state of an installation (InvalidOid: of every
+ * installation of the database): queue states, segment state, consumer
+ * history.  Called at the commit of the transaction that dropped it.
+ */
+void
+BrokerForgetInstallations(Oid dbid, Oid installation)
+{
+	HASH_SEQ_STATUS seq;
+	BrokerQueueState *state;
+
+	if (broker_shared == NULL)
+		return;
+	LWLockAcquire(broker_shared->lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, broker_queue_hash);
+	while ((state = hash_seq_search(&seq)) != NULL)
+	{
+		/* dynahash allows removing the entry just returned by a scan */
+		if (state->key.dbid == dbid &&
+			(!OidIsValid(installation) || state->key.installation == installation))
+			hash_search(broker_queue_hash, &state->key, HASH_REMOVE, NULL);
+	}
+	LWLockRelease(broker_shared->lock);
+	BrokerSegmentForget(dbid, installation);
+	BrokerConsumerForget(dbid, installation);
+}
+
+/*
+ * Rows were loaded into the segments behind the marks' back (a COPY, as a
+ * restore does): start every mark of the installation from 0 again (a
+ * lower mark is always correct, only slower until the next refresh), and
+ * wake a waiter to look for what became due.
+ */
+void
+BrokerResetMarks(Oid dbid, Oid installation)
+{
+	HASH_SEQ_STATUS seq;
+	BrokerQueueState *state;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (broker_shared == NULL)
+		return;
+	LWLockAcquire(broker_shared->lock, LW_SHARED);
+	hash_seq_init(&seq, broker_queue_hash);
+	while ((state = hash_seq_search(&seq)) != NULL)
+	{
+		if (state->key.dbid != dbid || state->key.installation != installation)
+			continue;
+		SpinLockAcquire(&state->mutex);
+		pg_atomic_write_u64(&state->lwm, 0);
+		state->mark_resets++;
+		SpinLockRelease(&state->mutex);
+		BrokerLowerNextDue(state, now);
+	}
+	LWLockRelease(broker_shared->lock);
+}
+
+/* Remember an installation (or a database) this transaction drops. */
+static void
+note_dropped(Oid dbid, Oid installation)
+{
+	if (ndropped == maxdropped)
+	{
+		int			newmax = maxdropped == 0 ? 4 : maxdropped * 2;
+
+		if (dropped == NULL)
+			dropped = MemoryContextAlloc(TopTransactionContext,
+										 newmax * sizeof(BrokerDropped));
+		else
+			dropped = repalloc(dropped, newmax * sizeof(BrokerDropped));
+		maxdropped = newmax;
+	}
+	dropped[ndropped].dbid = dbid;
+	dropped[ndropped].installation = installation;
+	ndropped++;
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(broker_xact_callback, NULL);
+		RegisterSubXactCallback(broker_subxact_callback, NULL);
+		callbacks_registered = true;
+	}
+}
+
+/*
+ * object_access_hook: when the broker extension or a whole database is
+ * dropped, its shared state is forgotten at commit (DROP EXTENSION, DROP
+ * SCHEMA ... CASCADE, DROP OWNED, DROP DATABASE), so that its slots are
+ * free for others.  An aborted drop forgets nothing.
+ */
+static void
+broker_object_access(ObjectAccessType access, Oid classId, Oid objectId,
+					 int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+	if (access != OAT_DROP || broker_shared == NULL)
+		return;
+	if (classId == DatabaseRelationId)
+		note_dropped(objectId, InvalidOid);
+	else if (classId == ExtensionRelationId &&
+			 objectId == get_extension_oid("broker", true))
+		note_dropped(MyDatabaseId, objectId);
 }
 
 /* Reset the backend-local transaction state. */
@@ -704,6 +883,8 @@ reset_xact_state(void)
 	npending = 0;
 	maxpending = 0;
 	xact_deleted = false;
+	dropped = NULL;
+	ndropped = maxdropped = 0;
 }
 
 /* Transaction callback: see the file header for why COMMIT is the point. */
@@ -719,16 +900,24 @@ broker_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_PRE_PREPARE:
 			BrokerLeaseFlush();
-			if (nregistered > 0 || registered_overflow)
+			if (nregistered > 0 || registered_any)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("cannot PREPARE a transaction that has enqueued broker messages"),
 						 errdetail("A prepared enqueue would commit behind the queue's low-water mark.")));
+			if (BrokerSegmentPending() || ndropped > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that has maintained broker segments or dropped the extension"),
+						 errdetail("Their effects on shared state are published when the transaction commits.")));
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (npending > 0)
 				publish_pending();
+			BrokerSegmentXactEnd(true);
+			for (int i = 0; i < ndropped; i++)
+				BrokerForgetInstallations(dropped[i].dbid, dropped[i].installation);
 			clear_registrations();
 			reset_xact_state();
 			break;
@@ -736,10 +925,12 @@ broker_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_ABORT:
 			if (npending > 0 && broker_shared != NULL)
 				wake_for_rollback(pending, npending);
+			BrokerSegmentXactEnd(false);
 			clear_registrations();
 			reset_xact_state();
 			break;
 		case XACT_EVENT_PREPARE:
+			BrokerSegmentXactEnd(false);
 			clear_registrations();
 			reset_xact_state();
 			break;
@@ -761,6 +952,7 @@ broker_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	{
 		case SUBXACT_EVENT_ABORT_SUB:
 			BrokerLeaseSubXactEnd(mySubid, parentSubid, false);
+			BrokerSegmentSubXactEnd(mySubid, parentSubid, false);
 			for (int i = 0; i < npending; i++)
 			{
 				if (pending[i].subid != mySubid)
@@ -772,6 +964,7 @@ broker_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			break;
 		case SUBXACT_EVENT_COMMIT_SUB:
 			BrokerLeaseSubXactEnd(mySubid, parentSubid, true);
+			BrokerSegmentSubXactEnd(mySubid, parentSubid, true);
 			for (int i = 0; i < npending; i++)
 			{
 				if (pending[i].subid == mySubid)

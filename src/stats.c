@@ -22,6 +22,7 @@
 
 #include "fmgr.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -37,7 +38,7 @@ int			broker_max_consumers = 1024;
 typedef struct ConsumerKey
 {
 	Oid			dbid;
-	Oid			defs_relid;
+	Oid			installation;	/* BrokerRels.extension */
 	int32		queue_id;
 	char		name[NAMEDATALEN];
 } ConsumerKey;
@@ -126,7 +127,7 @@ evict_oldest(void)
  * instead of raising an error.
  */
 void
-BrokerConsumerCount(Oid defs_relid, int32 queue_id, int64 delivered,
+BrokerConsumerCount(Oid installation, int32 queue_id, int64 delivered,
 					int64 deleted)
 {
 	ConsumerKey key;
@@ -145,9 +146,10 @@ BrokerConsumerCount(Oid defs_relid, int32 queue_id, int64 delivered,
 
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
-	key.defs_relid = defs_relid;
+	key.installation = installation;
 	key.queue_id = queue_id;
-	strlcpy(key.name, name, sizeof(key.name));
+	/* at most NAMEDATALEN - 1 bytes, cut on a character boundary */
+	memcpy(key.name, name, pg_mbcliplen(name, strlen(name), NAMEDATALEN - 1));
 
 	LWLockAcquire(consumer_shared->lock, LW_EXCLUSIVE);
 	e = hash_search(consumer_hash, &key, HASH_ENTER_NULL, &found);
@@ -172,7 +174,7 @@ BrokerConsumerCount(Oid defs_relid, int32 queue_id, int64 delivered,
 
 /* Forget the history of a dropped queue (from the commit callback). */
 void
-BrokerConsumerForgetQueue(Oid defs_relid, int32 queue_id)
+BrokerConsumerForgetQueue(Oid installation, int32 queue_id)
 {
 	HASH_SEQ_STATUS seq;
 	ConsumerEntry *e;
@@ -184,8 +186,31 @@ BrokerConsumerForgetQueue(Oid defs_relid, int32 queue_id)
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
 		/* dynahash allows removing the entry just returned by a scan */
-		if (e->key.dbid == MyDatabaseId && e->key.defs_relid == defs_relid &&
+		if (e->key.dbid == MyDatabaseId && e->key.installation == installation &&
 			e->key.queue_id == queue_id)
+			hash_search(consumer_hash, &e->key, HASH_REMOVE, NULL);
+	}
+	LWLockRelease(consumer_shared->lock);
+}
+
+/*
+ * Forget the history of a dropped installation, or of every installation
+ * of a dropped database (InvalidOid), from the commit callback.
+ */
+void
+BrokerConsumerForget(Oid dbid, Oid installation)
+{
+	HASH_SEQ_STATUS seq;
+	ConsumerEntry *e;
+
+	if (consumer_hash == NULL)
+		return;
+	LWLockAcquire(consumer_shared->lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, consumer_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		if (e->key.dbid == dbid &&
+			(!OidIsValid(installation) || e->key.installation == installation))
 			hash_search(consumer_hash, &e->key, HASH_REMOVE, NULL);
 	}
 	LWLockRelease(consumer_shared->lock);
@@ -201,7 +226,7 @@ broker_consumers(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	HASH_SEQ_STATUS seq;
 	ConsumerEntry *e;
-	Oid			defs_relid;
+	Oid			installation;
 	bool		any_evicted;
 	uint64		evicted_delivered;
 	uint64		evicted_deleted;
@@ -209,7 +234,7 @@ broker_consumers(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	if (consumer_hash == NULL)
 		return (Datum) 0;
-	defs_relid = BrokerGetRels()->queue_defs;
+	installation = BrokerGetRels()->extension;
 
 	LWLockAcquire(consumer_shared->lock, LW_SHARED);
 	hash_seq_init(&seq, consumer_hash);
@@ -218,7 +243,7 @@ broker_consumers(PG_FUNCTION_ARGS)
 		Datum		values[5];
 		bool		nulls[5] = {false, false, false, false, false};
 
-		if (e->key.dbid != MyDatabaseId || e->key.defs_relid != defs_relid)
+		if (e->key.dbid != MyDatabaseId || e->key.installation != installation)
 			continue;
 		values[0] = CStringGetTextDatum(e->key.name);
 		values[1] = Int32GetDatum(e->key.queue_id);

@@ -67,6 +67,7 @@
 #include "catalog/pg_database.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
+#include "commands/copy.h"
 #include "commands/dbcommands.h"
 #include "commands/defrem.h"
 #include "commands/extension.h"
@@ -88,6 +89,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -472,6 +474,31 @@ stop_reaper_for_command(Oid dboid)
 	LWLockRelease(worker_shared->lock);
 }
 
+/*
+ * A COPY into one of the segment tables (pg_restore, psql's restore of a
+ * plain dump) inserts messages with old ids behind the low-water mark's
+ * back: announce it as a mover (segment.c) for its transaction.
+ */
+static void
+note_copy_into_segment(CopyStmt *stmt)
+{
+	const BrokerRels *rels;
+	Oid			relid;
+
+	if (!stmt->is_from || stmt->relation == NULL || !IsTransactionState() ||
+		(rels = BrokerFindRels(true)) == NULL)
+		return;
+	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+	for (int i = 0; i < BROKER_SEGMENTS; i++)
+	{
+		if (relid == rels->segment[i])
+		{
+			BrokerSegmentBulkLoad();
+			return;
+		}
+	}
+}
+
 /* ProcessUtility hook: stop a database's reaper before a command needing it. */
 static void
 worker_process_utility(PlannedStmt *pstmt, const char *queryString,
@@ -480,6 +507,9 @@ worker_process_utility(PlannedStmt *pstmt, const char *queryString,
 					   DestReceiver *dest, QueryCompletion *qc)
 {
 	const char *dbname = exclusive_database_of(pstmt->utilityStmt);
+
+	if (IsA(pstmt->utilityStmt, CopyStmt))
+		note_copy_into_segment((CopyStmt *) pstmt->utilityStmt);
 
 	if (dbname != NULL && worker_shared != NULL)
 	{
@@ -608,6 +638,7 @@ broker_reap(PG_FUNCTION_ARGS)
 	int32		queue_id = 0;
 	int64		total = 0;
 
+	BrokerRequireWritable("reap expired messages");
 	BrokerSPIConnect();
 	if (!PG_ARGISNULL(0))
 	{
@@ -636,36 +667,32 @@ broker_reap(PG_FUNCTION_ARGS)
  * ------------------------------------------------------------------------
  */
 
-/* OID of the extension's broker.messages, or InvalidOid if not installed. */
-static Oid
-messages_relid(void)
-{
-	Oid			nsp;
-
-	if (!OidIsValid(get_extension_oid("broker", true)))
-		return InvalidOid;
-	nsp = get_namespace_oid("broker", true);
-	if (!OidIsValid(nsp))
-		return InvalidOid;
-	return get_relname_relid("messages", nsp);
-}
-
 /*
- * Lock broker.messages against DROP EXTENSION for this transaction; false
- * (and no lock) when the extension is not there.
+ * Lock this database's broker extension against DROP EXTENSION for the
+ * transaction; false (and no lock) when it is not installed or is being
+ * dropped.  DROP EXTENSION locks the extension object before any of its
+ * relations, so a reaper that holds it first never deadlocks with one: the
+ * drop waits for the reaper's transaction, and a reaper that finds the
+ * drop under way skips its pass instead of waiting.
  */
 static bool
-lock_messages(void)
+lock_installation(void)
 {
-	Oid			relid = messages_relid();
+	const BrokerRels *rels = BrokerFindRels(true);
+	Oid			extoid;
 
-	if (!OidIsValid(relid))
+	if (rels == NULL)
 		return false;
-	LockRelationOid(relid, RowExclusiveLock);
-	/* LockRelationOid processed invalidations: is the table still ours? */
-	if (messages_relid() != relid)
+	extoid = rels->extension;
+	if (!ConditionalLockDatabaseObject(ExtensionRelationId, extoid, 0,
+									   AccessShareLock))
+		return false;
+	/* A drop that committed before we got the lock: look again. */
+	AcceptInvalidationMessages();
+	rels = BrokerFindRels(true);
+	if (rels == NULL || rels->extension != extoid)
 	{
-		UnlockRelationOid(relid, RowExclusiveLock);
+		UnlockDatabaseObject(ExtensionRelationId, extoid, 0, AccessShareLock);
 		return false;
 	}
 	return true;
@@ -713,9 +740,8 @@ reaper_batch(MemoryContext pass_cxt)
 	BrokerSPIConnect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 
-	if (lock_messages())
-		n = BrokerSegmentsLockAll(RowExclusiveLock) ?
-			(int64) reap_batch(0, GetCurrentTimestamp(), BROKER_REAP_BATCH) : 0;
+	if (lock_installation())
+		n = (int64) reap_batch(0, GetCurrentTimestamp(), BROKER_REAP_BATCH);
 
 	BrokerSPIFinish();
 	PopActiveSnapshot();
@@ -732,8 +758,11 @@ reaper_maintain(MemoryContext pass_cxt)
 	StartTransactionCommand();
 	BrokerSPIConnect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (lock_messages() && BrokerSegmentsLockAll(RowExclusiveLock))
+	if (lock_installation())
+	{
+		BrokerSegmentsVerifyDrained();
 		BrokerSegmentsMaintain();
+	}
 	BrokerSPIFinish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -883,6 +912,13 @@ broker_reaper_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+
+	/*
+	 * Whatever the database's default search_path: every name the reaper
+	 * runs is qualified, and nothing in the database can put itself first.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET,
+					PGC_S_OVERRIDE);
 
 	/* The name, for messages outside transactions. */
 	StartTransactionCommand();

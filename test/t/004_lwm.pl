@@ -69,6 +69,34 @@ sub safe
 	return $out;
 }
 
+# Send SQL without waiting for its answer (see finish).
+sub start
+{
+	my ($self, $sql) = @_;
+	$self->{pending} = '__done_' . $nmark++ . '__';
+	$self->{out} = '';
+	$self->{err} = '';
+	$self->{in} .= "$sql\n;\n\\echo $self->{pending}\n\\warn $self->{pending}\n";
+	$self->{h}->pump_nb;
+	return;
+}
+
+# Wait for the answer of what start sent; returns (stdout, stderr).
+sub finish
+{
+	my ($self) = @_;
+	my $mark = $self->{pending};
+	$self->{timeout}->start($PostgreSQL::Test::Utils::timeout_default);
+	PostgreSQL::Test::Utils::pump_until($self->{h}, $self->{timeout},
+		\$self->{out}, qr/$mark\n/)
+	  && PostgreSQL::Test::Utils::pump_until($self->{h}, $self->{timeout},
+		\$self->{err}, qr/$mark\n/)
+	  or die "session $self->{name}: no answer";
+	(my $out = $self->{out}) =~ s/$mark\n//;
+	(my $err = $self->{err}) =~ s/$mark\n//;
+	return ($out, $err);
+}
+
 sub quit
 {
 	my ($self) = @_;
@@ -234,6 +262,22 @@ for my $q ($many[0], $many[-1])
 	$leak++ if grep { $_ == $lowid{$q} } @got;
 }
 is($leak, 0, 'many queues: no uncommitted message delivered');
+# The marks go on moving meanwhile (a transaction that enqueued into more
+# than 8 queues used to stop every mark of the database until it ended):
+# in a queue it did not touch past everything, in one it touched up to
+# its id and no further.
+$prod->safe(q{SELECT broker.create_queue('bystander', lease => '1 hour')});
+fill('bystander', 3);
+@got = churn('bystander', 12);
+my $mark = $cons->safe(
+	q{SELECT low_water_mark FROM broker.waiters('bystander')});
+cmp_ok($mark, '>', (sort { $a <=> $b } @got)[0],
+	'many queues: the mark of an untouched queue moves on meanwhile');
+$mark = $cons->safe(qq{SELECT low_water_mark FROM broker.waiters('$many[0]')});
+cmp_ok($mark, '<=', $lowid{$many[0]},
+	'many queues: the mark of a touched queue stays at or below its open id');
+cmp_ok($mark, '>', 0, 'many queues: ... and it moved up to there');
+drain('bystander');
 $slow->safe('COMMIT');
 my $missing = 0;
 for my $q (@many)
@@ -333,6 +377,82 @@ wait_vt('later', $x);
 @rest = drain('later');
 ok((grep { $_ == $delayed } @rest), 'the delayed message is delivered after its delay');
 ok((grep { $_ == $x } @rest), 'the released message is delivered after its delay');
+
+# ---------------------------------------------------------------------------
+# 5. Rows that segment maintenance moves, or a COPY loads, have ids far
+#    below the mark's fence: a refresh must never pass them.
+# ---------------------------------------------------------------------------
+my $maint = Session->new($node, 'maintainer');
+$_->safe('SET broker.segment_size = 100') for ($cons, $slow, $maint);
+$prod->safe(q{SELECT broker.create_queue('moved', lease => '1 hour')});
+
+# Make the segment that holds $id the next to become current, and the
+# current one full, so that the next maintenance moves $id.
+sub make_next
+{
+	my ($id) = @_;
+	for (1 .. 12)
+	{
+		my $seg = $cons->safe(qq{SELECT s FROM (VALUES
+			((SELECT 0 FROM broker.messages_0 WHERE id = $id)),
+			((SELECT 1 FROM broker.messages_1 WHERE id = $id)),
+			((SELECT 2 FROM broker.messages_2 WHERE id = $id)),
+			((SELECT 3 FROM broker.messages_3 WHERE id = $id))) v(s) WHERE s IS NOT NULL});
+		my $cur = $cons->safe(
+			q{SELECT segment FROM broker.maintain_segments() WHERE current});
+		fill('moved', 120);
+		drain('moved') if $cur != ($seg + 3) % 4;
+		return 1 if $cur == ($seg + 3) % 4;
+		$cons->safe(q{SELECT count(*) FROM broker.maintain_segments()});
+	}
+	return 0;
+}
+
+# 5a. Maintenance that cannot finish (broker.segments is locked by another
+# session) and rolls back on statement_timeout, while consumers refresh.
+my $m1 = $prod->safe(
+	q{SELECT broker.enqueue('moved', '{"m": 1}', delay => '5 seconds')});
+ok(make_next($m1), 'moved: the delayed message is in the segment to become current next');
+my $filled = $cons->safe(q{SELECT ready FROM broker.metrics('moved')});
+$slow->safe('BEGIN; SELECT segment FROM broker.segments FOR UPDATE');
+$maint->start(q{SET statement_timeout = '2s';
+SELECT count(*) FROM broker.maintain_segments();});
+@got = churn('moved', 40);
+my ($mout, $merr) = $maint->finish;
+$maint->safe('RESET statement_timeout');
+$slow->safe('COMMIT');
+ok(!grep({ $_ == $m1 } @got), 'moved: the delayed message is not delivered early');
+note("maintenance under a locked broker.segments: $merr");
+
+# 5b. Maintenance that moves it and is rolled back.
+$maint->safe(q{BEGIN; SELECT count(*) FROM broker.maintain_segments(); ROLLBACK});
+# 5c. Maintenance that moves it and commits.
+$maint->safe(q{SELECT count(*) FROM broker.maintain_segments()});
+@got = churn('moved', 20);
+wait_vt('moved', $m1);
+@rest = drain('moved');
+ok((grep { $_ == $m1 } @rest),
+	'moved: the delayed message is delivered after its delay, wherever it was moved');
+
+# 5d. A COPY into a segment (as a restore does) of a message whose id is
+# older than everything, held open while consumers refresh the mark.
+my $old_id = $cons->safe(q{SELECT nextval('broker.message_id_seq')});
+my $qid = $cons->safe(q{SELECT queue_id FROM broker.queue_defs WHERE name = 'moved'});
+my $cur = $cons->safe(q{SELECT segment FROM broker.maintain_segments() WHERE current});
+fill('moved', 3);
+@got = churn('moved', 5);
+$slow->safe(qq{BEGIN;
+COPY broker.messages_$cur (queue_id, id, vt, enqueued_at, payload) FROM STDIN;
+$qid	$old_id	2000-01-01 00:00:00+00	2000-01-01 00:00:00+00	{"copied": true}
+\\.
+SELECT 'copied'});
+@got = churn('moved', 30);
+is(scalar(@got), 30, 'copied: other messages consumed while the COPY is open');
+$slow->safe('COMMIT');
+@rest = drain('moved');
+is_deeply([ grep { $_ == $old_id } @rest ], [$old_id],
+	'copied: the message a COPY loaded below the mark is delivered after its commit');
+$maint->quit;
 
 # ---------------------------------------------------------------------------
 # Every message of every queue was delivered and deleted: nothing stuck.
