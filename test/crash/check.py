@@ -237,7 +237,7 @@ def main():
     dlqs = {d[1] for d in defs.values() if d[1]}
 
     if a.gauges_only:
-        bad = check_gauges(conn)
+        bad = check_gauges(conn, defs)
         for b in bad:
             print('gauges: ' + b)
         print(f'gauges: {len(bad)} mismatches')

@@ -75,10 +75,10 @@ generation() { q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpo
 
 # Wait until the server runs a generation other than $1 and has left recovery.
 wait_up() {
-    local i g
+    local i g old=${1:-}
     for i in $(seq 1 600); do
         g=$(generation)
-        [ -n "$g" ] && [ "$g" != "$1" ] && [ "$(q 'SELECT NOT pg_is_in_recovery()')" = t ] && return 0
+        [ -n "$g" ] && [ "$g" != "$old" ] && [ "$(q 'SELECT NOT pg_is_in_recovery()')" = t ] && return 0
         sleep 0.1
     done
     echo "the server did not come back" >&2; return 1

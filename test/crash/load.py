@@ -366,13 +366,16 @@ def main():
         role = ROLES[i % len(ROLES)]
         procs.append(mp.Process(target=work, args=('c', f'c{i}-{role}', a.dsn, a.logdir,
                                                    stop, run), kwargs={'role': role}))
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # The handler only sets a flag: setting the Event there could deadlock
+    # on the Event's lock if the signal came while this process held it.
+    signalled = []
+    signal.signal(signal.SIGTERM, lambda *_: signalled.append(1))
+    signal.signal(signal.SIGINT, lambda *_: signalled.append(1))
     for p in procs:
         p.start()
     deadline = time.time() + a.seconds if a.seconds else None
-    while not stop.is_set() and (deadline is None or time.time() < deadline):
-        stop.wait(0.2)
+    while not signalled and (deadline is None or time.time() < deadline):
+        time.sleep(0.2)
     stop.set()
     for p in procs:
         p.join(60)

@@ -71,6 +71,19 @@ $primary->wait_for_catchup($standby);
 is($standby->safe_psql('postgres', 'SELECT count(*) FROM broker.messages'),
 	'0', 'the deletions reached the standby');
 
+# A standby cannot consume: 25006 with a message that says so (it was
+# "cannot execute nextval() in a read-only transaction"), and it can look.
+my ($ret, $out, $err) = $standby->psql('postgres',
+	"\\set VERBOSITY verbose\nSELECT * FROM broker.dequeue('q')");
+like($err, qr/ERROR:\s+25006: cannot dequeue on a standby/,
+	'dequeue on a standby: 25006, "cannot dequeue on a standby"');
+($ret, $out, $err) = $standby->psql('postgres',
+	"\\set VERBOSITY verbose\nSELECT broker.enqueue('q', '{}')");
+like($err, qr/ERROR:\s+25006: cannot enqueue on a standby/,
+	'enqueue on a standby: 25006');
+is($standby->safe_psql('postgres', q{SELECT count(*) FROM broker.metrics('q')}),
+	'1', 'metrics on a standby');
+
 # After several seconds the standby still runs no worker of ours.
 is($standby->safe_psql('postgres', $workers),
 	'0', 'no broker launcher or reaper on the standby');

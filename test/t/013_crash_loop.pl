@@ -1,0 +1,185 @@
+# 013_crash_loop.pl: a short crash loop (test/crash/README.md).
+#
+# test/crash/load.py runs a mixed load (producers with enqueue and
+# enqueue_batch, ttl and delay; consumers that delete in the dequeuing
+# transaction or later with the receipt, extend, release, or leave leases
+# to run out) on queues with short leases, a dead-letter queue and a
+# default ttl, with broker.segment_size = 500 so that segments rotate.
+# Meanwhile the server is crashed five times: three kill -9 of the
+# postmaster (and of every process left of it) followed by a start, one
+# kill -9 of a client backend in broker.dequeue and one of a broker
+# background worker (after which the postmaster restarts every backend).
+# Then test/crash/check.py proves from the clients' logs that no committed
+# message was lost, no deleted one came back, no message was held under
+# two valid leases, no ready message is stuck and the gauges of
+# broker.metrics() match the rows.
+#
+# Needs /usr/bin/python3 with psycopg 3 (Debian: python3-psycopg); skipped
+# without it.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Cwd ();
+use File::Basename ();
+use IPC::Run;
+use Time::HiRes qw(usleep time);
+
+my $python = '/usr/bin/python3';
+if (system("$python -c 'import psycopg' >/dev/null 2>&1") != 0)
+{
+	plan skip_all =>
+	  "$python cannot import psycopg (install python3-psycopg to run the crash loop)";
+}
+my $dir = Cwd::abs_path(File::Basename::dirname(__FILE__) . '/../crash');
+
+my $node = PostgreSQL::Test::Cluster->new('crash_loop');
+$node->init;
+$node->append_conf(
+	'postgresql.conf', q{
+shared_preload_libraries = 'broker'
+broker.segment_size = 500
+broker.reaper_interval = 100ms
+restart_after_crash = on
+fsync = on
+synchronous_commit = on
+log_statement = none
+max_connections = 40
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION broker');
+
+my $dsn = 'host=' . $node->host . ' port=' . $node->port . ' dbname=postgres';
+my $logdir = $node->basedir . '/crash_logs';
+mkdir $logdir or die "mkdir $logdir: $!";
+
+ok(run_log([ $python, "$dir/load.py", '--dsn', $dsn, '--setup' ]),
+	'load.py created the queues');
+
+# The pid of the checkpointer, or '' while the server is down: a new one
+# after every crash restart.
+sub generation
+{
+	my ($ret, $out) = $node->psql('postgres',
+		q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'
+		    AND NOT pg_is_in_recovery()});
+	return $ret == 0 ? $out : '';
+}
+
+# Wait until the server runs a generation other than $old.
+sub wait_up
+{
+	my ($old) = @_;
+	my $deadline = time + 90;
+	while (time < $deadline)
+	{
+		my $g = generation();
+		return 1 if $g ne '' && $g ne $old;
+		usleep(100_000);
+	}
+	return 0;
+}
+
+# The processes of this node: every process whose working directory is its
+# data directory.
+sub node_pids
+{
+	my $datadir = Cwd::abs_path($node->data_dir);
+	my @pids;
+	opendir(my $dh, '/proc') or die "cannot read /proc: $!";
+	for my $pid (grep { /^\d+$/ } readdir $dh)
+	{
+		my $cwd = readlink("/proc/$pid/cwd");
+		push @pids, $pid if defined $cwd && $cwd eq $datadir;
+	}
+	closedir $dh;
+	return @pids;
+}
+
+# kill -9 of the postmaster and of every process left of it, then a start.
+sub crash_postmaster
+{
+	my @before = node_pids();
+	$node->kill9;
+	my $deadline = time + 30;
+	while (my @left = grep { kill 0, $_ } @before)
+	{
+		kill 'KILL', @left;
+		die 'processes of the killed node survive: ' . join(' ', @left)
+		  if time > $deadline;
+		usleep(50_000);
+	}
+	$node->start;
+	return 'the postmaster';
+}
+
+# kill -9 of the first process that $sql names (retried for a while).
+sub crash_one
+{
+	my ($what, $sql) = @_;
+	my $pid = '';
+	for (my $i = 0; $i < 100 && $pid eq ''; $i++)
+	{
+		$pid = $node->safe_psql('postgres', $sql);
+		usleep(20_000) if $pid eq '';
+	}
+	die "found no $what to kill" if $pid eq '';
+	kill 'KILL', $pid;
+	return "$what $pid";
+}
+
+my ($load_out, $load_err) = ('', '');
+my $load = IPC::Run::start(
+	[ $python, "$dir/load.py", '--dsn', $dsn, '--logdir', $logdir ],
+	'<', \undef, '>', \$load_out, '2>', \$load_err);
+sleep 3;
+
+my @crashes = qw(postmaster backend postmaster worker postmaster);
+for my $kind (@crashes)
+{
+	usleep(2_000_000 + int(rand(2_000_000)));
+	my $gen = generation();
+	my $what =
+	    $kind eq 'postmaster' ? crash_postmaster()
+	  : $kind eq 'backend' ? crash_one(
+		'client backend in broker.dequeue', q{
+SELECT pid FROM pg_stat_activity
+ WHERE backend_type = 'client backend' AND query LIKE '%broker.dequeue%'
+   AND pid <> pg_backend_pid()
+ ORDER BY state = 'active' DESC, random() LIMIT 1})
+	  : crash_one('broker worker', q{
+SELECT pid FROM pg_stat_activity
+ WHERE backend_type IN ('broker reaper', 'broker launcher')
+ ORDER BY random() LIMIT 1});
+	ok(wait_up($gen), "kill -9 of the $what: the server is back");
+}
+ok( $node->log_contains('was terminated by signal 9: Killed'),
+	'the postmaster saw the killed backend and worker');
+
+sleep 2;
+$load->signal('TERM');
+$load->finish;
+note $load_err;
+
+my ($out, $err) = ('', '');
+my $checked = IPC::Run::run(
+	[
+		$python, "$dir/check.py", '--dsn', $dsn, '--logdir', $logdir,
+		'--crashes', scalar(@crashes)
+	],
+	'>', \$out, '2>', \$err);
+note $out;
+diag $err if $err ne '';
+ok($checked, 'check.py found no violation') or diag $out;
+like(
+	$out,
+	qr/^crash loop: 5 crashes, \d+ messages checked, 0 lost, 0 back, 0 double, 0 stuck, 0 gauge mismatches$/m,
+	'summary: 0 lost, 0 back, 0 double, 0 stuck, 0 gauge mismatches');
+my ($n) = $out =~ /(\d+) messages checked/;
+cmp_ok($n // 0, '>=', 300, 'the load produced enough messages to check');
+
+$node->stop;
+
+done_testing();
