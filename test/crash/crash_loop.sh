@@ -14,7 +14,8 @@
 # test/crash/check.py and exits non-zero on any violation.
 #
 # Usage: bash test/crash/crash_loop.sh [--crashes N] [--segment-size S]
-#            [--seconds-between A-B] [--keep-logs]
+#            [--seconds-between A-B] [--final-seconds F] [--keep-logs]
+# F (default 20): seconds of load after the last crash, before the check.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 . "$here/test/lib.sh"
@@ -23,14 +24,16 @@ PY=/usr/bin/python3
 crashes=20
 segment_size=500
 between=2-6
+final=20
 keep_logs=0
 while [ $# -gt 0 ]; do
     case $1 in
         --crashes) crashes=$2; shift 2 ;;
         --segment-size) segment_size=$2; shift 2 ;;
         --seconds-between) between=$2; shift 2 ;;
+        --final-seconds) final=$2; shift 2 ;;
         --keep-logs) keep_logs=1; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -103,7 +106,10 @@ crash_postmaster() {
         [ -n "$left" ] && kill -9 $left 2>/dev/null
         sleep 0.1
     done
-    as_pg pg_ctl -D "$datadir" -l "$CLUSTER_DIR/log" -w start >/dev/null || return 1
+    # (the lock file of the killed postmaster is still there)
+    as_pg pg_ctl -D "$datadir" -l "$CLUSTER_DIR/log" -w start 2>&1 >/dev/null |
+        grep -v 'another server might be running' >&2
+    [ "${PIPESTATUS[0]}" = 0 ] || return 1
     echo "postmaster $pm"
 }
 
@@ -158,7 +164,8 @@ for i in $(seq 1 "$crashes"); do
         gauge_failures=$((gauge_failures + 1))
     fi
 done
-sleep "$(rand_between "$wait_min" "$wait_max")"
+# Time without crashes, so that what a restart would hide can show.
+sleep "$final"
 
 log "stopping the load"
 kill "$load_pid"

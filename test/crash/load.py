@@ -176,7 +176,10 @@ class Producer(Client):
         q = r.choice(PRODUCE_TO)
         n = 1 if r.random() < 0.6 else r.randint(2, 8)
         ttl = round(r.uniform(0.3, 4), 2) if r.random() < 0.2 else None
-        delay = round(r.uniform(0.1, 2), 2) if r.random() < 0.15 else None
+        x = r.random()
+        # long delays outlive a turn of the segments: moved at rotation
+        delay = round(r.uniform(0.1, 2), 2) if x < 0.1 else \
+            round(r.uniform(5, 15), 2) if x < 0.15 else None
         keys = [f'{self.run}:{self.name}-{self.seq + i}' for i in range(n)]
         self.seq += n
         payloads = [json.dumps({'k': k}) for k in keys]

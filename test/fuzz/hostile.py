@@ -28,7 +28,6 @@ import traceback
 from collections import Counter, deque
 
 import psycopg
-from psycopg import sql
 from psycopg.types.datetime import TimestamptzLoader
 from psycopg.types.string import TextLoader
 
@@ -80,6 +79,10 @@ GENERIC_STATES = {
     '22P02', '22007', '22008', '22015', '22003', '22P05', '54001', '54000',
     '57014', '40001', '40P01', '2202E',
 }
+# What a read-only refusal names when it comes from one of the extension's
+# own statements rather than from a check of the function itself.
+INTERNAL_OP = re.compile(r'cannot execute (nextval|setval|SELECT FOR|INSERT|UPDATE|DELETE|TRUNCATE)')
+
 # Raised by the server to sessions other than the one that crashed it.
 COLLATERAL_STATES = {'57P01', '57P02', '57P03', '08006', '08003', '08000'}
 
@@ -854,12 +857,12 @@ class WideTimestamptzLoader(TimestamptzLoader):
             return datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
 
 
-def connect(args, autocommit=True, tries=60):
+def connect(args, autocommit=True, tries=60, dsn=None):
     """A connection, retried while the server restarts after a crash."""
     last = None
     for _ in range(tries):
         try:
-            conn = psycopg.connect(args.dsn, autocommit=autocommit)
+            conn = psycopg.connect(args.dsn if dsn is None else dsn, autocommit=autocommit)
             conn.prepare_threshold = None       # the calls PREPARE and DEALLOCATE ALL
             conn.adapters.register_loader('jsonb', TextLoader)
             conn.adapters.register_loader('json', TextLoader)
@@ -874,8 +877,9 @@ def connect(args, autocommit=True, tries=60):
 class Worker(threading.Thread):
     """One session: runs random calls until the deadline."""
 
-    def __init__(self, wid, st, pause, fns, deadline, args):
+    def __init__(self, wid, st, pause, fns, deadline, args, standby_dsn=None):
         super().__init__(daemon=True)
+        self.standby_dsn = standby_dsn      # a session on the standby: nothing may change
         self.wid = wid
         self.st = st
         self.pause = pause
@@ -917,7 +921,7 @@ class Worker(threading.Thread):
 
     def session_setup(self):
         """Connect and set this session's knobs."""
-        self.conn = connect(self.args)
+        self.conn = connect(self.args, dsn=self.standby_dsn)
         self.conn.add_notice_handler(self.on_notice)
         self.conn.execute("SET statement_timeout = '20s'")
         self.conn.execute("SET application_name = 'fz_w%d'" % self.wid)
@@ -933,7 +937,8 @@ class Worker(threading.Thread):
         try:
             self.session_setup()
             while time.time() < self.deadline:
-                self.pause.checkpoint()
+                if not self.standby_dsn:
+                    self.pause.checkpoint()
                 if time.time() >= self.deadline:
                     break
                 try:
@@ -944,7 +949,8 @@ class Worker(threading.Thread):
             self.st.fail('harness error', '%s: %s' % (type(e).__name__, clip(e, 300)),
                          clip(traceback.format_exc(), 1500))
         finally:
-            self.pause.leave()
+            if not self.standby_dsn:
+                self.pause.leave()
 
     def lost(self, e):
         """The connection broke: record it unless another session's crash
@@ -984,6 +990,8 @@ class Worker(threading.Thread):
         evil = self.rng.random() < 0.25
         call = Call(fn, vals, omit, mode, nopriv, evil)
         call.stmts, call.repro = call.build()
+        if self.standby_dsn:
+            call.repro = '/* on a standby */ ' + call.repro
         return call
 
     def transaction(self):
@@ -1016,7 +1024,7 @@ class Worker(threading.Thread):
             for i in list(self.my_inflight):
                 with self.st.lock:
                     self.st.inflight[i] -= self.my_inflight[i]
-            if commit:
+            if commit and not self.standby_dsn:
                 self.st.apply(effects, self.wid)
             self.my_inflight.clear()
         # the session still works
@@ -1062,7 +1070,11 @@ class Worker(threading.Thread):
                 else:
                     cur = conn.execute(q, params, prepare=False)
                 if i == len(call.stmts) - 1:
-                    rows = cur.fetchall()
+                    try:
+                        rows = cur.fetchall()
+                    except UnicodeDecodeError as e:
+                        self.fail('%s returned invalid UTF-8' % fn.name, call, clip(e, 200))
+                        rows = None
                     call.ended = time.time()
             if call.mode == 'prepared':
                 conn.execute('DEALLOCATE fz_p')
@@ -1087,7 +1099,7 @@ class Worker(threading.Thread):
         # results
         if call.nopriv and fn.admin:
             self.fail('%s ran for a role without EXECUTE' % fn.name, call, 'no 42501')
-        if fn.post:
+        if fn.post and not self.standby_dsn and rows is not None:
             try:
                 fn.post(self, call, rows)
             except psycopg.OperationalError:
@@ -1124,6 +1136,13 @@ class Worker(threading.Thread):
         if call.nopriv and fn.admin and state in fn.expect:
             self.fail('%s checked arguments before privileges' % fn.name, call, '%s %s' % (state, clip(msg)))
         allowed = fn.expect | GENERIC_STATES
+        if self.standby_dsn:
+            # refused up front as read-only, not from inside an internal statement
+            allowed = allowed | {'25006', '55000'}
+            ctx = (e.diag.context or '') if e.diag else ''
+            if state == '25006' and ('SQL statement' in ctx or INTERNAL_OP.search(msg)):
+                self.fail('on a standby, %s fails inside an internal statement' % fn.name, call,
+                          '%s %s; %s' % (state, clip(msg, 120), clip(ctx.strip(), 200)))
         if call.mode in ('untyped', 'prepared'):
             allowed = allowed | {'42P18'}
         if state not in allowed and state != 'XX000':
@@ -1192,8 +1211,11 @@ DECLARE k text := 'evil.f' OPERATOR(pg_catalog.||) pg_catalog.md5(what);
 BEGIN
   IF pg_catalog.current_setting(k, true) OPERATOR(pg_catalog.=) 'y' THEN RETURN; END IF;
   PERFORM pg_catalog.set_config(k, 'y', true);
-  INSERT INTO evil.calls (what, cur, sess) VALUES (what, current_user, session_user);
   RAISE WARNING 'EVIL_TRAP % ran as current_user=% session_user=%', what, current_user, session_user;
+  BEGIN
+    INSERT INTO evil.calls (what, cur, sess) VALUES (what, current_user, session_user);
+  EXCEPTION WHEN OTHERS THEN NULL;   -- read-only (a standby): the warning is enough
+  END;
 END $$""")
     names = {'=': 'eq', '<>': 'ne', '<': 'lt', '<=': 'le', '>': 'gt', '>=': 'ge'}
     for k, (op, t) in enumerate(EVIL_OPS):
@@ -1417,7 +1439,7 @@ class Checker:
                       'queue %s: drain returned deleted ids %s' % (q, deleted[:5]),
                       "SELECT id FROM broker.dequeue('%s', 10000);" % q)
 
-    def final(self, log_offset):
+    def final(self, log_offsets):
         """The attacker's table is empty, the canary table still exists, and
         the server log has no crash, PANIC, TRAP or XX000."""
         with connect(self.args) as conn:
@@ -1432,17 +1454,20 @@ class Checker:
             self.check()
             if conn.execute("SELECT to_regclass('public.x')").fetchone()[0] is None:
                 self.fail('canary table public.x was dropped (SQL injection)', '', '')
-        if not self.args.server_log:
-            return
-        self.check()
         pats = [('server crash', re.compile(r'terminated by signal|server process .* was terminated')),
                 ('PANIC in the server log', re.compile(r'\bPANIC\b')),
                 ('assertion failure (TRAP) in the server log', re.compile(r'\bTRAP\b')),
                 ('XX000 in the server log', re.compile(r'\bXX000\b')),
                 ('attacker code ran (server log)', re.compile(r'EVIL_TRAP'))]
+        for path, offset in log_offsets.items():
+            self.check()
+            self.scan_log(path, offset, pats)
+
+    def scan_log(self, path, offset, pats):
+        """Report the lines of a log, from offset on, that match a pattern."""
         crashed = None
-        with open(self.args.server_log, 'rb') as f:
-            f.seek(log_offset)
+        with open(path, 'rb') as f:
+            f.seek(offset)
             for raw in f:
                 line = raw.decode('utf-8', 'replace').rstrip()
                 if crashed and 'Failed process was running:' in line:
@@ -1466,7 +1491,10 @@ def main():
     ap.add_argument('--sessions', type=int, default=4)
     ap.add_argument('--seed', default=None)
     ap.add_argument('--dsn', default='', help='libpq connection string (default: environment)')
-    ap.add_argument('--server-log', default=None, help='server log file to scan at the end')
+    ap.add_argument('--server-log', action='append', default=[],
+                    help='server log file to scan at the end (may be repeated)')
+    ap.add_argument('--standby-dsn', default=None,
+                    help='a hot standby of the server: one more session calls it')
     ap.add_argument('--check-interval', type=float, default=None,
                     help='seconds between invariant checks (default: seconds/6, 5 to 30)')
     ap.add_argument('--verbose', action='store_true', help='print each failure as it happens')
@@ -1477,7 +1505,7 @@ def main():
     print('hostile: seed %s, %d sessions, %g s' % (args.seed, args.sessions, args.seconds), flush=True)
 
     st = State(args)
-    log_offset = os.path.getsize(args.server_log) if args.server_log else 0
+    log_offsets = {p: os.path.getsize(p) for p in args.server_log}
     with connect(args) as conn:
         setup(conn, args)
         fns, missing = introspect(conn, st)
@@ -1488,6 +1516,8 @@ def main():
     pause = Pause(args.sessions)
     deadline = time.time() + args.seconds
     workers = [Worker(i, st, pause, fns, deadline, args) for i in range(args.sessions)]
+    if args.standby_dsn:
+        workers.append(Worker(args.sessions, st, pause, fns, deadline, args, args.standby_dsn))
     for w in workers:
         w.start()
     checker = Checker(st, args)
@@ -1513,7 +1543,7 @@ def main():
         w.join(timeout=300)
     try:
         checker.run()
-        checker.final(log_offset)
+        checker.final(log_offsets)
     except psycopg.Error as e:
         st.fail('final check failed to run', '%s %s' % (e.sqlstate, clip(e, 300)), '')
     report(st, checker)

@@ -158,7 +158,8 @@ SELECT pid FROM pg_stat_activity
 ok( $node->log_contains('was terminated by signal 9: Killed'),
 	'the postmaster saw the killed backend and worker');
 
-sleep 2;
+# Load without crashes, so that what a restart would hide can show.
+sleep 8;
 $load->signal('TERM');
 $load->finish;
 note $load_err;

@@ -22,9 +22,58 @@ shared_preload_libraries = 'broker'
 broker.max_queues = 16
 broker.max_consumers = 16
 broker.reaper_interval = '100ms'
+broker.segment_size = 100
 log_statement = none
 });
 $node->start;
+
+# --- the reaper under a database owner's search_path ---------------------------
+$node->safe_psql('postgres', q{
+CREATE ROLE owner_evil LOGIN;
+CREATE DATABASE evil_db OWNER owner_evil;
+});
+$node->safe_psql('evil_db', q{CREATE EXTENSION broker});
+$node->safe_psql('evil_db', q{
+SET ROLE owner_evil;
+CREATE SCHEMA evil;
+CREATE TABLE evil.ran (who text, backend text);
+CREATE FUNCTION evil.note() RETURNS void LANGUAGE sql AS $$
+    INSERT INTO evil.ran SELECT current_user,
+        (SELECT a.backend_type FROM pg_catalog.pg_stat_activity a WHERE a.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid())
+$$;
+CREATE FUNCTION evil.sf(int8) RETURNS int8 LANGUAGE sql AS $$ SELECT evil.note(); SELECT $1 + 1 $$;
+CREATE AGGREGATE evil.count(*) (sfunc = evil.sf, stype = int8, initcond = '0');
+CREATE FUNCTION evil.min(timestamptz) RETURNS timestamptz LANGUAGE sql AS $$ SELECT evil.note(); SELECT $1 $$;
+CREATE FUNCTION evil.nextval(regclass) RETURNS bigint LANGUAGE sql AS $$ SELECT evil.note(); SELECT 1::bigint $$;
+CREATE FUNCTION evil.unnest(anyarray) RETURNS SETOF anyelement LANGUAGE sql AS $$ SELECT evil.note(); SELECT * FROM pg_catalog.unnest($1) $$;
+GRANT ALL ON SCHEMA evil TO PUBLIC;
+GRANT ALL ON evil.ran TO PUBLIC;
+ALTER DATABASE evil_db SET search_path = evil, pg_catalog;
+});
+# the reaper of evil_db starts with the new setting: make it restart
+$node->safe_psql('postgres',
+	q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+	   WHERE backend_type = 'broker reaper' AND datname = 'evil_db'});
+$node->safe_psql('evil_db', q{
+SELECT broker.create_queue('eq');
+SELECT broker.create_queue('stays');
+SELECT broker.enqueue('stays', '{}', delay => '1 hour');
+SELECT broker.enqueue('eq', '{}', ttl => '200 ms') FROM pg_catalog.generate_series(1, 300);
+});
+my $deadline = time + 20;
+my $left;
+while (time < $deadline)
+{
+	$left = $node->safe_psql('evil_db', q{SELECT pg_catalog.count(*) FROM broker.messages});
+	last if $left eq '1';
+	usleep(200_000);
+}
+is($left, '1', 'the reaper of a database with a hostile search_path removed the expired messages');
+usleep(1_000_000);
+isnt($node->safe_psql('evil_db', q{SELECT pg_catalog.max(first_id) FROM broker.segments}),
+	'', 'and rotated the segments (its maintenance ran there)');
+is($node->safe_psql('evil_db', q{SELECT pg_catalog.count(*) FROM evil.ran}),
+	'0', 'and ran none of the database owner\'s functions');
 
 # One installation: a queue used by a named consumer.
 my $use = q{
@@ -68,51 +117,6 @@ $node->safe_psql('postgres', q{SELECT broker.enqueue('q', '{}')});
 $node->safe_psql('postgres', q{BEGIN; DROP EXTENSION broker; ROLLBACK;});
 is($node->safe_psql('postgres', q{SELECT enqueued_total FROM broker.metrics('q')}),
 	'2', 'a rolled-back DROP EXTENSION keeps the counters');
-
-# --- the reaper under a database owner's search_path ---------------------------
-$node->safe_psql('postgres', q{
-CREATE ROLE owner_evil LOGIN;
-CREATE DATABASE evil_db OWNER owner_evil;
-});
-$node->safe_psql('evil_db', q{CREATE EXTENSION broker});
-$node->safe_psql('evil_db', q{
-SET ROLE owner_evil;
-CREATE SCHEMA evil;
-CREATE TABLE evil.ran (who text, backend text);
-CREATE FUNCTION evil.note() RETURNS void LANGUAGE sql AS $$
-    INSERT INTO evil.ran SELECT current_user,
-        (SELECT a.backend_type FROM pg_catalog.pg_stat_activity a WHERE a.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid())
-$$;
-CREATE FUNCTION evil.sf(int8) RETURNS int8 LANGUAGE sql AS $$ SELECT evil.note(); SELECT $1 + 1 $$;
-CREATE AGGREGATE evil.count(*) (sfunc = evil.sf, stype = int8, initcond = '0');
-CREATE FUNCTION evil.min(timestamptz) RETURNS timestamptz LANGUAGE sql AS $$ SELECT evil.note(); SELECT $1 $$;
-CREATE FUNCTION evil.nextval(regclass) RETURNS bigint LANGUAGE sql AS $$ SELECT evil.note(); SELECT 1::bigint $$;
-CREATE FUNCTION evil.unnest(anyarray) RETURNS SETOF anyelement LANGUAGE sql AS $$ SELECT evil.note(); SELECT * FROM pg_catalog.unnest($1) $$;
-GRANT ALL ON SCHEMA evil TO PUBLIC;
-GRANT ALL ON evil.ran TO PUBLIC;
-ALTER DATABASE evil_db SET search_path = evil, pg_catalog;
-});
-# the reaper of evil_db starts with the new setting: make it restart
-$node->safe_psql('postgres',
-	q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-	   WHERE backend_type = 'broker reaper' AND datname = 'evil_db'});
-$node->safe_psql('evil_db', q{
-SET broker.segment_size = 100;
-SELECT broker.create_queue('eq');
-SELECT broker.enqueue('eq', '{}', ttl => '200 ms') FROM pg_catalog.generate_series(1, 300);
-});
-my $deadline = time + 20;
-my $left;
-while (time < $deadline)
-{
-	$left = $node->safe_psql('evil_db', q{SELECT pg_catalog.count(*) FROM broker.messages});
-	last if $left eq '0';
-	usleep(200_000);
-}
-is($left, '0', 'the reaper of a database with a hostile search_path removed the expired messages');
-usleep(500_000);
-is($node->safe_psql('evil_db', q{SELECT pg_catalog.count(*) FROM evil.ran}),
-	'0', 'and ran none of the database owner\'s functions');
 
 $node->stop;
 done_testing();
