@@ -2,8 +2,14 @@
 EXTENSION   = broker
 EXTVERSION  = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big  = broker
-OBJS        = src/broker.o src/shmem.o src/catalog.o src/queue.o \
-              src/enqueue.o src/dequeue.o src/ack.o src/metrics.o src/stats.o src/lease.o src/segment.o src/worker.o
+# One file per job, in layers that only call down (see src/broker.c).
+OBJS        = src/util.o src/catalog.o src/sql.o src/xact.o \
+              src/qstate.o src/stats.o src/queuedef.o \
+              src/store.o src/segment.o src/rotate.o \
+              src/inflight.o src/lease.o src/wait.o src/produce.o \
+              src/queue.o src/enqueue.o src/dequeue.o src/ack.o src/metrics.o src/expiry.o \
+              src/worker.o src/launcher.o src/reaper.o src/health.o src/utility.o \
+              src/broker.o
 DATA        = $(wildcard sql/$(EXTENSION)--*.sql)
 PG_CFLAGS   = -Wall -Wextra
 # The server headers are system headers to us: -Wextra stays about our code.
@@ -24,8 +30,8 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-# Every object depends on the shared header (PGXS tracks no header deps).
-$(OBJS): src/broker.h
+# Every object depends on the headers (PGXS tracks no header deps).
+$(OBJS): $(wildcard src/*.h)
 
 # PGXS's installcheck runs pg_regress and the isolation tests against the
 # temp instances above; prove_installcheck runs the TAP tests.

@@ -4,12 +4,14 @@
  *	  broker.delete (one, with an optional receipt; or many), broker.release
  *	  and broker.extend_lease.
  *
- * Each is one statement on the primary key.  A receipt is the value
- * dequeue wrote when it leased the message; if the message was delivered
+ * Each is one statement on the primary key (store.c).  A receipt is the
+ * value dequeue handed out with the message; if the message was delivered
  * again since, or released, the receipt no longer matches and the call
  * changes nothing.  A row locked by a consumer's open dequeue makes these
  * wait for that transaction (never the other way round: dequeue skips
- * locked rows), then re-check the receipt against the committed row.
+ * locked rows), then re-check the receipt against the committed row.  In
+ * the transaction that leased the message, the receipt is checked against
+ * the lease it holds in memory (lease.c), which is not in the row yet.
  *
  *-------------------------------------------------------------------------
  */
@@ -20,8 +22,15 @@
 #include "funcapi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 
-#include "broker.h"
+#include "inflight.h"
+#include "lease.h"
+#include "qstate.h"
+#include "queuedef.h"
+#include "sql.h"
+#include "store.h"
+#include "util.h"
 
 PG_FUNCTION_INFO_V1(broker_delete);
 PG_FUNCTION_INFO_V1(broker_delete_text);
@@ -48,40 +57,18 @@ ack_queue(FunctionCallInfo fcinfo, BrokerQueue *q)
 static bool
 delete_one(const BrokerQueue *q, int64 id, bool has_receipt, int64 receipt)
 {
-	Datum		values[3];
-	int			rc;
-	bool		deleted;
+	BrokerRowRef ref;
 	BrokerLeaseMatch match;
-	BrokerPlanId plan;
-	int			segs[BROKER_SEGMENTS];
-	int			nsegs;
+	bool		deleted;
 
-	values[0] = Int32GetDatum(q->queue_id);
-	values[1] = Int64GetDatum(id);
-	match = BrokerLeaseCheck(q->queue_id, id, has_receipt, receipt, &segs[0]);
+	match = BrokerLeaseCheck(q->queue_id, id, has_receipt, receipt, &ref);
 	if (match == BROKER_LEASE_STALE)
 		return false;
+	/* A lease of this transaction: we know where the row is, no receipt in it. */
 	if (match == BROKER_LEASE_HELD)
-		nsegs = 1;				/* we know where the row we locked is */
+		deleted = BrokerStoreDelete(q->queue_id, id, false, 0, &ref);
 	else
-		nsegs = BrokerSegmentLookupOrder(id, segs);
-
-	/* A lease of this transaction: its receipt is not in the row yet. */
-	if (match == BROKER_LEASE_HELD || !has_receipt)
-		plan = PLAN_DELETE;
-	else
-	{
-		values[2] = Int64GetDatum(receipt);
-		plan = PLAN_DELETE_RECEIPT;
-	}
-	deleted = false;
-	for (int i = 0; i < nsegs && !deleted; i++)
-	{
-		rc = BrokerExecute(BrokerPlanSeg(plan, segs[i]), values, NULL, 0);
-		if (rc != SPI_OK_DELETE)
-			elog(ERROR, "broker: delete failed: %s", SPI_result_code_string(rc));
-		deleted = SPI_processed > 0;
-	}
+		deleted = BrokerStoreDelete(q->queue_id, id, has_receipt, receipt, NULL);
 	if (deleted)
 	{
 		BrokerNoteDeleted();
@@ -143,31 +130,19 @@ broker_delete_many(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	BrokerQueue q;
-	Datum		values[2];
-	int			rc;
-	uint64		n = 0;
+	int64	   *deleted;
+	int			n;
 
 	ack_queue(fcinfo, &q);
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-	values[0] = Int32GetDatum(q.queue_id);
-	values[1] = PG_GETARG_DATUM(1);
-	/* every segment, drained ones too: they are only a hint (segment.c) */
-	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
+	n = BrokerStoreDeleteMany(q.queue_id, PG_GETARG_ARRAYTYPE_P(1), &deleted);
+	for (int i = 0; i < n; i++)
 	{
-		rc = BrokerExecute(BrokerPlanSeg(PLAN_DELETE_MANY, seg), values,
-						   NULL, 0);
-		if (rc != SPI_OK_DELETE_RETURNING)
-			elog(ERROR, "broker: delete failed: %s", SPI_result_code_string(rc));
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			bool		isnull;
-			Datum		id = SPI_getbinval(SPI_tuptable->vals[i],
-										   SPI_tuptable->tupdesc, 1, &isnull);
+		Datum		id = Int64GetDatum(deleted[i]);
+		bool		isnull = false;
 
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &id, &isnull);
-			BrokerLeaseDeleted(q.queue_id, DatumGetInt64(id));
-		}
-		n += SPI_processed;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &id, &isnull);
+		BrokerLeaseDeleted(q.queue_id, deleted[i]);
 	}
 	if (n > 0)
 	{
@@ -179,45 +154,18 @@ broker_delete_many(PG_FUNCTION_ARGS)
 }
 
 /*
- * Run PLAN_RELEASE or PLAN_EXTEND: set vt to now + iv for the message if
- * the receipt matches.  Returns whether a row was updated.
+ * Set a message's visibility time to vt if the receipt matches: through
+ * the pending lease when this transaction leased it, else in the row.
+ * release also clears the receipt.  True if done; *vt_out is the new time.
  */
 static bool
-set_vt(FunctionCallInfo fcinfo, const BrokerQueue *q, BrokerPlanId plan,
-	   const Interval *iv, TimestampTz *vt_out)
+set_vt(const BrokerQueue *q, int64 id, int64 receipt, TimestampTz vt,
+	   bool release, TimestampTz *vt_out)
 {
-	Datum		values[4];
-	int			rc;
-	TimestampTz now = GetCurrentTimestamp();
-	int			segs[BROKER_SEGMENTS];
-	int			nsegs;
-	int			i;
-
-	values[0] = Int32GetDatum(q->queue_id);
-	values[1] = PG_GETARG_DATUM(1);
-	values[2] = PG_GETARG_DATUM(2);
-	values[3] = TimestampTzGetDatum(iv ? BrokerTimestampPlus(now, iv) : now);
-	nsegs = BrokerSegmentLookupOrder(PG_GETARG_INT64(1), segs);
-	for (i = 0; i < nsegs; i++)
-	{
-		rc = BrokerExecute(BrokerPlanSeg(plan, segs[i]), values, NULL, 0);
-		if (rc != SPI_OK_UPDATE_RETURNING)
-			elog(ERROR, "broker: lease update failed: %s",
-				 SPI_result_code_string(rc));
-		if (SPI_processed > 0)
-			break;
-	}
-	if (i == nsegs)
-		return false;
-	if (vt_out)
-	{
-		bool		isnull;
-
-		*vt_out = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
-													SPI_tuptable->tupdesc,
-													1, &isnull));
-	}
-	return true;
+	*vt_out = vt;
+	if (BrokerLeaseCheck(q->queue_id, id, false, 0, NULL) != BROKER_LEASE_NONE)
+		return BrokerLeaseSetVt(q->queue_id, id, receipt, vt, release);
+	return BrokerStoreSetVt(q->queue_id, id, receipt, vt, release, vt_out);
 }
 
 /* broker.release(queue, id, receipt, delay): give a lease back. */
@@ -226,8 +174,9 @@ broker_release(PG_FUNCTION_ARGS)
 {
 	BrokerQueue q;
 	Interval   *delay = PG_ARGISNULL(3) ? NULL : PG_GETARG_INTERVAL_P(3);
+	TimestampTz now;
+	TimestampTz vt;
 	bool		done;
-	TimestampTz vt = 0;
 
 	BrokerRequireArg(fcinfo, 2, "receipt");
 	BrokerRequireWritable("release a message");
@@ -236,17 +185,9 @@ broker_release(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("delay must not be negative")));
 	ack_queue(fcinfo, &q);
-	if (BrokerLeaseCheck(q.queue_id, PG_GETARG_INT64(1), false, 0, NULL) != BROKER_LEASE_NONE)
-	{
-		/* leased by this transaction: change the lease it will write */
-		TimestampTz now = GetCurrentTimestamp();
-
-		vt = delay ? BrokerTimestampPlus(now, delay) : now;
-		done = BrokerLeaseSetVt(q.queue_id, PG_GETARG_INT64(1),
-								PG_GETARG_INT64(2), vt, true);
-	}
-	else
-		done = set_vt(fcinfo, &q, PLAN_RELEASE, delay, &vt);
+	now = GetCurrentTimestamp();
+	done = set_vt(&q, PG_GETARG_INT64(1), PG_GETARG_INT64(2),
+				  delay ? BrokerTimestampPlus(now, delay) : now, true, &vt);
 	if (done && delay != NULL && BrokerIntervalIsPositive(delay))
 		BrokerNoteDue(q.queue_id, vt);
 	else if (done)
@@ -261,7 +202,7 @@ broker_extend_lease(PG_FUNCTION_ARGS)
 {
 	BrokerQueue q;
 	Interval   *lease;
-	TimestampTz vt = 0;
+	TimestampTz vt;
 	bool		done;
 
 	BrokerRequireArg(fcinfo, 2, "receipt");
@@ -273,14 +214,8 @@ broker_extend_lease(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("lease must be positive")));
 	ack_queue(fcinfo, &q);
-	if (BrokerLeaseCheck(q.queue_id, PG_GETARG_INT64(1), false, 0, NULL) != BROKER_LEASE_NONE)
-	{
-		vt = BrokerTimestampPlus(GetCurrentTimestamp(), lease);
-		done = BrokerLeaseSetVt(q.queue_id, PG_GETARG_INT64(1),
-								PG_GETARG_INT64(2), vt, false);
-	}
-	else
-		done = set_vt(fcinfo, &q, PLAN_EXTEND, lease, &vt);
+	done = set_vt(&q, PG_GETARG_INT64(1), PG_GETARG_INT64(2),
+				  BrokerTimestampPlus(GetCurrentTimestamp(), lease), false, &vt);
 	/* A shortened lease may run out before anything else a waiter knows. */
 	if (done)
 		BrokerNoteDue(q.queue_id, vt);

@@ -3,15 +3,10 @@
  * enqueue.c
  *	  broker.enqueue and broker.enqueue_batch.
  *
- * A message is one INSERT into broker.messages, in the caller's
- * transaction: it is delivered if and only if that transaction commits.
- * Its id is allocated through the in-flight registry (shmem.c) so that
- * consumers' low-water marks never pass an id that has yet to commit.
- *
- * The size limit applies to what a message stores: the bytes of the
- * payload's and the headers' jsonb binary values, before any TOAST
- * compression (what pg_column_size reports for an uncompressed value, less
- * the 4-byte varlena header, added up).
+ * Each message is a row in the caller's transaction (produce.c): it is
+ * delivered if and only if that transaction commits.  A batch is one
+ * statement for the whole array, every element checked before anything
+ * is written.
  *
  *-------------------------------------------------------------------------
  */
@@ -21,80 +16,23 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/timestamp.h"
 
-#include "broker.h"
+#include "inflight.h"
+#include "produce.h"
+#include "qstate.h"
+#include "queuedef.h"
+#include "sql.h"
+#include "store.h"
+#include "util.h"
 
 PG_FUNCTION_INFO_V1(broker_enqueue);
 PG_FUNCTION_INFO_V1(broker_enqueue_batch);
 
-/*
- * Refuse a message whose payload and headers together are larger than the
- * queue's max_message_size (54000).
- */
-void
-BrokerCheckMessageSize(const BrokerQueue *q, Jsonb *payload, Jsonb *headers,
-					   int element)
-{
-	Size		size = VARSIZE_ANY_EXHDR(payload);
-	Size		hsize = headers ? VARSIZE_ANY_EXHDR(headers) : 0;
-
-	if (size + hsize > (Size) q->max_message_size)
-	{
-		if (element > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("message too large: %zu bytes, queue \"%s\" accepts at most %d bytes",
-							size + hsize, q->name, q->max_message_size),
-					 errdetail("Element %d of payloads is %zu bytes and the headers %zu bytes; nothing was enqueued.",
-							   element, size, hsize)));
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("message too large: %zu bytes, queue \"%s\" accepts at most %d bytes",
-						size + hsize, q->name, q->max_message_size),
-				 errdetail("The payload is %zu bytes and the headers %zu bytes, in their jsonb binary form.",
-						   size, hsize)));
-	}
-}
-
-/* Insert one message (caller holds the queue lock and an SPI connection). */
-int64
-BrokerEnqueueOne(const BrokerQueue *q, Jsonb *payload, Jsonb *headers,
-				 TimestampTz now, TimestampTz vt, bool has_expiry,
-				 TimestampTz expires_at)
-{
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	int64		id = BrokerAllocateMessageId(q->queue_id);
-	int			seg = BrokerSegmentCurrent();
-	int			rc;
-
-	values[0] = Int32GetDatum(q->queue_id);
-	values[1] = Int64GetDatum(id);
-	values[2] = TimestampTzGetDatum(vt);
-	values[3] = TimestampTzGetDatum(now);
-	values[4] = TimestampTzGetDatum(expires_at);
-	nulls[4] = has_expiry ? ' ' : 'n';
-	values[5] = JsonbPGetDatum(payload);
-	values[6] = headers ? JsonbPGetDatum(headers) : (Datum) 0;
-	nulls[6] = headers ? ' ' : 'n';
-
-	rc = BrokerExecute(BrokerPlanSeg(PLAN_ENQUEUE, seg), values, nulls, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "broker: enqueue failed: %s", SPI_result_code_string(rc));
-	BrokerSegmentInserted(seg);
-	BrokerCount(q->queue_id, BROKER_COUNT_ENQUEUED, 1);
-	if (vt > now)
-		BrokerNoteDue(q->queue_id, vt);
-	else
-		BrokerCount(q->queue_id, BROKER_COUNT_READY, 1);
-	return id;
-}
-
-/* Settings shared by enqueue and enqueue_batch: delay, ttl, headers. */
+/* When a message becomes deliverable and when it expires. */
 typedef struct EnqueueTimes
 {
 	TimestampTz now;
@@ -181,10 +119,7 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 	Datum	   *ids;
 	BrokerQueue q;
 	EnqueueTimes t;
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	int			rc;
-	int			seg;
+	BrokerNewMessage common;
 
 	BrokerRequireArg(fcinfo, 1, "payloads");
 	arr = PG_GETARG_ARRAYTYPE_P(1);
@@ -205,6 +140,7 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 					 errdetail("Element %d of payloads is null; nothing was enqueued.",
 							   i + 1)));
 	}
+
 	/* The ids are read after SPI_finish: not in SPI's memory. */
 	ids = palloc(Max(n, 1) * sizeof(Datum));
 
@@ -229,22 +165,18 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 		ids[i] = Int64GetDatum(BrokerAllocateMessageId(q.queue_id));
 	}
 
-	values[0] = Int32GetDatum(q.queue_id);
-	values[1] = PointerGetDatum(construct_array(ids, n, INT8OID, sizeof(int64),
-												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	values[2] = TimestampTzGetDatum(t.vt);
-	values[3] = TimestampTzGetDatum(t.now);
-	values[4] = TimestampTzGetDatum(t.expires_at);
-	nulls[4] = t.has_expiry ? ' ' : 'n';
-	values[5] = PointerGetDatum(arr);
-	values[6] = headers ? JsonbPGetDatum(headers) : (Datum) 0;
-	nulls[6] = headers ? ' ' : 'n';
-
-	seg = BrokerSegmentCurrent();
-	rc = BrokerExecute(BrokerPlanSeg(PLAN_ENQUEUE_BATCH, seg), values, nulls, 0);
-	if (rc != SPI_OK_INSERT || SPI_processed != (uint64) n)
-		elog(ERROR, "broker: batch enqueue failed: %s", SPI_result_code_string(rc));
-	BrokerSegmentInserted(seg);
+	common.queue_id = q.queue_id;
+	common.id = 0;
+	common.vt = t.vt;
+	common.enqueued_at = t.now;
+	common.has_expiry = t.has_expiry;
+	common.expires_at = t.expires_at;
+	common.payload = NULL;
+	common.headers = headers;
+	BrokerStoreInsertBatch(&common,
+						   construct_array(ids, n, INT8OID, sizeof(int64),
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE),
+						   arr, n);
 	BrokerCount(q.queue_id, BROKER_COUNT_ENQUEUED, n);
 	if (t.vt > t.now)
 		BrokerNoteDue(q.queue_id, t.vt);

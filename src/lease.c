@@ -40,17 +40,19 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
-#include "broker.h"
-
-bool		broker_defer_lease_write = true;
+#include "catalog.h"
+#include "lease.h"
+#include "qstate.h"
+#include "sql.h"
+#include "store.h"
+#include "util.h"
 
 /* A lease taken in this transaction and not written yet. */
 typedef struct PendingLease
 {
 	int32		queue_id;
 	int64		id;
-	int			seg;			/* segment table the row is in */
-	ItemPointerData tid;
+	BrokerRowRef ref;			/* where the row we locked is */
 	int32		delivery_count;
 	int64		receipt;		/* 0: released (receipt NULL) */
 	TimestampTz vt;
@@ -101,18 +103,19 @@ grow(void *arr, int *max, Size elem)
 
 /* Remember a lease taken by dequeue (the row is locked by us). */
 void
-BrokerLeaseAdd(int32 queue_id, int64 id, int seg, ItemPointer tid,
+BrokerLeaseAdd(int32 queue_id, int64 id, const BrokerRowRef *ref,
 			   int32 delivery_count, int64 receipt, TimestampTz vt)
 {
 	PendingLease *e;
+
+	BrokerXactTrack();
 
 	if (nleases == maxleases)
 		leases = grow(leases, &maxleases, sizeof(PendingLease));
 	e = &leases[nleases++];
 	e->queue_id = queue_id;
 	e->id = id;
-	e->seg = seg;
-	e->tid = *tid;
+	e->ref = *ref;
 	e->delivery_count = delivery_count;
 	e->receipt = receipt;
 	e->vt = vt;
@@ -120,7 +123,6 @@ BrokerLeaseAdd(int32 queue_id, int64 id, int seg, ItemPointer tid,
 	e->subid = GetCurrentSubTransactionId();
 	if (nleases > 1 && lease_cmp(&leases[nleases - 2], e) > 0)
 		leases_sorted = false;
-	BrokerRequireSharedMemory();	/* registers the transaction callbacks */
 }
 
 /* The pending lease of a message, or NULL. */
@@ -160,14 +162,14 @@ save_for_undo(PendingLease *e)
  */
 BrokerLeaseMatch
 BrokerLeaseCheck(int32 queue_id, int64 id, bool has_receipt, int64 receipt,
-				 int *seg)
+				 BrokerRowRef *ref)
 {
 	PendingLease *e = find_lease(queue_id, id);
 
 	if (e == NULL || e->deleted)
 		return BROKER_LEASE_NONE;
-	if (seg)
-		*seg = e->seg;
+	if (ref)
+		*ref = e->ref;
 	if (has_receipt && (e->receipt == 0 || e->receipt != receipt))
 		return BROKER_LEASE_STALE;
 	return BROKER_LEASE_HELD;
@@ -235,67 +237,21 @@ BrokerLeaseIds(int32 queue_id)
 						   TYPALIGN_DOUBLE);
 }
 
-/* Write the leases of one segment's messages still alive: one UPDATE. */
+/*
+ * Write the leases of the messages still alive (XACT_EVENT_PRE_COMMIT and
+ * PRE_PREPARE): one UPDATE per table part that has some.
+ */
 static void
-flush_segment(int seg)
+lease_flush(void)
 {
-	Datum	   *tids = palloc(nleases * sizeof(Datum));
-	Datum	   *vts = palloc(nleases * sizeof(Datum));
-	Datum	   *dcs = palloc(nleases * sizeof(Datum));
-	Datum	   *rcs = palloc(nleases * sizeof(Datum));
-	bool	   *rnulls = palloc(nleases * sizeof(bool));
-	int			n = 0;
-	int			dims[1];
-	int			lbs[1] = {1};
-	Datum		values[4];
-	int			rc;
-
-	for (int i = 0; i < nleases; i++)
-	{
-		PendingLease *e = &leases[i];
-
-		if (e->deleted || e->seg != seg)
-			continue;
-		BrokerNoteDue(e->queue_id, e->vt);	/* waiters must wake when it runs out */
-		tids[n] = PointerGetDatum(&e->tid);
-		vts[n] = TimestampTzGetDatum(e->vt);
-		dcs[n] = Int32GetDatum(e->delivery_count);
-		rcs[n] = Int64GetDatum(e->receipt);
-		rnulls[n] = e->receipt == 0;
-		n++;
-	}
-	if (n == 0)
-		return;
-	dims[0] = n;
-	values[0] = PointerGetDatum(construct_array(tids, n, TIDOID,
-												sizeof(ItemPointerData),
-												false, TYPALIGN_SHORT));
-	values[1] = PointerGetDatum(construct_array(vts, n, TIMESTAMPTZOID,
-												sizeof(TimestampTz),
-												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	values[2] = PointerGetDatum(construct_array(dcs, n, INT4OID, sizeof(int32),
-												true, TYPALIGN_INT));
-	values[3] = PointerGetDatum(construct_md_array(rcs, rnulls, 1, dims, lbs,
-												   INT8OID, sizeof(int64),
-												   FLOAT8PASSBYVAL,
-												   TYPALIGN_DOUBLE));
-	rc = BrokerExecute(BrokerPlanSeg(PLAN_LEASE_WRITE, seg), values, NULL, 0);
-	if (rc != SPI_OK_UPDATE)
-		elog(ERROR, "broker: writing leases failed: %s",
-			 SPI_result_code_string(rc));
-}
-
-/* Write the leases of the messages still alive, one UPDATE per segment. */
-void
-BrokerLeaseFlush(void)
-{
+	BrokerLeaseWrite *writes;
 	Oid			save_userid;
 	int			save_sec;
-	bool		any = false;
+	int			n = 0;
 
-	for (int i = 0; i < nleases && !any; i++)
-		any = !leases[i].deleted;
-	if (!any)
+	for (int i = 0; i < nleases && n == 0; i++)
+		n = leases[i].deleted ? 0 : 1;
+	if (n == 0)
 	{
 		nleases = 0;
 		return;
@@ -313,8 +269,22 @@ BrokerLeaseFlush(void)
 						   SECURITY_RESTRICTED_OPERATION);
 	PushActiveSnapshot(GetTransactionSnapshot());
 	BrokerSPIConnect();
-	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
-		flush_segment(seg);
+	writes = palloc(sizeof(BrokerLeaseWrite) * nleases);
+	n = 0;
+	for (int i = 0; i < nleases; i++)
+	{
+		PendingLease *e = &leases[i];
+
+		if (e->deleted)
+			continue;
+		BrokerNoteDue(e->queue_id, e->vt);	/* waiters must wake when it runs out */
+		writes[n].ref = e->ref;
+		writes[n].vt = e->vt;
+		writes[n].delivery_count = e->delivery_count;
+		writes[n].receipt = e->receipt;
+		n++;
+	}
+	BrokerStoreWriteLeases(writes, n);
 	BrokerSPIFinish();
 	PopActiveSnapshot();
 	SetUserIdAndSecContext(save_userid, save_sec);
@@ -324,9 +294,10 @@ BrokerLeaseFlush(void)
 }
 
 /* Forget everything at the end of the transaction. */
-void
-BrokerLeaseReset(void)
+static void
+lease_xact_end(BrokerXactEnd how)
 {
+	(void) how;
 	leases = NULL;				/* freed with TopTransactionContext */
 	nleases = maxleases = 0;
 	leases_sorted = true;
@@ -335,9 +306,9 @@ BrokerLeaseReset(void)
 }
 
 /* A subtransaction ended: revert or keep what it did. */
-void
-BrokerLeaseSubXactEnd(SubTransactionId mySubid, SubTransactionId parentSubid,
-					  bool commit)
+static void
+lease_subxact_end(SubTransactionId mySubid, SubTransactionId parentSubid,
+				  bool commit)
 {
 	int			j = 0;
 
@@ -375,3 +346,9 @@ BrokerLeaseSubXactEnd(SubTransactionId mySubid, SubTransactionId parentSubid,
 			leases[j++] = leases[i];
 	nleases = j;
 }
+
+const BrokerXactHandler BrokerLeaseXact = {
+	.pre_commit = lease_flush,
+	.end = lease_xact_end,
+	.subxact_end = lease_subxact_end,
+};

@@ -1,47 +1,48 @@
 /*-------------------------------------------------------------------------
  *
  * metrics.c
- *	  broker.metrics: depth by state from the table, counters since server
- *	  start from shared memory.
+ *	  broker.metrics: depth by state from the store, counters since server
+ *	  start from shared memory; broker.waiters: the long-poll state.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 
-#include "broker.h"
+#include "qstate.h"
+#include "queuedef.h"
+#include "sql.h"
+#include "store.h"
+#include "util.h"
+
+#define OP(x) "OPERATOR(pg_catalog." x ")"
+
+/* The queues, by name ($1: one queue or NULL for all). */
+static BrokerStmt queue_list = {
+	"SELECT q.queue_id, q.name FROM broker.queue_defs q"
+	" WHERE q.kind " OP("=") " 'q' AND ($1 IS NULL OR q.queue_id " OP("=") " $1)"
+	" ORDER BY q.name",
+	1, {INT4OID}, 0, {NULL}
+};
 
 PG_FUNCTION_INFO_V1(broker_metrics);
 PG_FUNCTION_INFO_V1(broker_waiters);
 
-/*
- * Run a per-queue statement ($1 queue id or NULL for all, $2 now) for the
- * queue named by argument 0, or every queue when it is NULL; the rows are
- * in SPI_tuptable, the queue id first and the name second.
- */
-static void
-run_per_queue(FunctionCallInfo fcinfo, BrokerPlanId plan)
+/* The queue named by argument 0, or 0 for every queue when it is NULL. */
+static int32
+queue_of_arg(FunctionCallInfo fcinfo)
 {
-	Datum		values[2];
-	char		nulls[2] = {'n', ' '};
-	int			rc;
+	BrokerQueue q;
 
-	if (!PG_ARGISNULL(0))
-	{
-		BrokerQueue q;
-
-		BrokerLookupQueue(BrokerQueueArg(fcinfo, 0), false, &q);
-		values[0] = Int32GetDatum(q.queue_id);
-		nulls[0] = ' ';
-	}
-	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
-	rc = SPI_execute_plan(BrokerPlan(plan), values, nulls, false, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "broker: per-queue statement failed: %s",
-			 SPI_result_code_string(rc));
+	if (PG_ARGISNULL(0))
+		return 0;
+	BrokerLookupQueue(BrokerQueueArg(fcinfo, 0), false, &q);
+	return q.queue_id;
 }
 
 /* broker.metrics(queue): one row per queue, or for the one named. */
@@ -50,39 +51,36 @@ broker_metrics(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	bool		shmem = BrokerSharedMemoryReady();
+	BrokerQueueCounts *counts;
+	int			n;
 
 	InitMaterializedSRF(fcinfo, 0);
 	BrokerSPIConnect();
-	run_per_queue(fcinfo, PLAN_METRICS);
-
-	for (uint64 i = 0; i < SPI_processed; i++)
+	n = BrokerStoreCounts(queue_of_arg(fcinfo), GetCurrentTimestamp(), &counts);
+	for (int i = 0; i < n; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
+		BrokerQueueCounts *c = &counts[i];
+		BrokerQueueState *state = shmem ? BrokerQueueStateGet(c->queue_id, false) : NULL;
 		Datum		out[10];
 		bool		outnull[10];
-		bool		isnull;
-		int32		queue_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		BrokerQueueState *state = NULL;
 
-		for (int c = 0; c < 6; c++)
-			out[c] = SPI_getbinval(tup, desc, c + 2, &outnull[c]);
-
-		if (shmem)
-		{
-			BrokerRequireSharedMemory();
-			state = BrokerQueueStateGet(queue_id, false);
-		}
-		for (int c = 6; c < 10; c++)
-			outnull[c] = !shmem;
+		memset(outnull, false, sizeof(outnull));
+		out[0] = CStringGetTextDatum(c->name);
+		out[1] = Int64GetDatum(c->ready);
+		out[2] = Int64GetDatum(c->leased);
+		out[3] = Int64GetDatum(c->delayed);
+		out[4] = Int64GetDatum(c->total);
+		out[5] = c->has_oldest ? IntervalPGetDatum(&c->oldest_ready_age) : (Datum) 0;
+		outnull[5] = !c->has_oldest;
 		/* A queue nobody has touched since server start: zeros. */
 		out[6] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->enqueued_total) : 0);
 		out[7] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->deleted_total) : 0);
 		out[8] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->expired_total) : 0);
 		out[9] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->dead_lettered_total) : 0);
+		for (int k = 6; k < 10; k++)
+			outnull[k] = !shmem;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnull);
 	}
-
 	BrokerSPIFinish();
 	return (Datum) 0;
 }
@@ -95,11 +93,17 @@ Datum
 broker_waiters(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Datum		values[1];
+	char		nulls[1];
+	int			rc;
 
 	BrokerRequireSharedMemory();
 	InitMaterializedSRF(fcinfo, 0);
 	BrokerSPIConnect();
-	run_per_queue(fcinfo, PLAN_QUEUE_LIST);
+	values[0] = Int32GetDatum(queue_of_arg(fcinfo));
+	nulls[0] = DatumGetInt32(values[0]) > 0 ? ' ' : 'n';
+	rc = BrokerStmtExecute(&queue_list, -1, values, nulls, 0);
+	BrokerStmtCheck(rc, SPI_OK_SELECT, "listing queues");
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];

@@ -7,12 +7,43 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
 
-#include "broker.h"
+#include "catalog.h"
+#include "inflight.h"
+#include "qstate.h"
+#include "queuedef.h"
+#include "sql.h"
+#include "store.h"
+#include "util.h"
+
+#define OP(x) "OPERATOR(pg_catalog." x ")"
+
+static BrokerStmt insert_queue = {
+	"INSERT INTO broker.queue_defs AS q (queue_id, name, lease,"
+	"       max_message_size, default_ttl, max_deliveries, dead_letter_id)"
+	" VALUES (pg_catalog.nextval('broker.queue_id_seq'::pg_catalog.regclass),"
+	"         $1, $2, $3, $4, $5, $6)"
+	" ON CONFLICT (name) DO NOTHING RETURNING q.queue_id",
+	6, {TEXTOID, INTERVALOID, INT4OID, INTERVALOID, INT4OID, INT4OID}, 0, {NULL}
+};
+
+/* The queues that use $1 as their dead-letter queue. */
+static BrokerStmt dead_letter_users = {
+	"SELECT pg_catalog.string_agg(q.name, ', ' ORDER BY q.name)"
+	"  FROM broker.queue_defs q"
+	" WHERE q.dead_letter_id " OP("=") " $1",
+	1, {INT4OID}, 0, {NULL}
+};
+
+static BrokerStmt delete_queue = {
+	"DELETE FROM broker.queue_defs q WHERE q.queue_id " OP("=") " $1",
+	1, {INT4OID}, 0, {NULL}
+};
 
 PG_FUNCTION_INFO_V1(broker_create_queue);
 PG_FUNCTION_INFO_V1(broker_drop_queue);
@@ -108,10 +139,8 @@ broker_create_queue(PG_FUNCTION_ARGS)
 		nulls[5] = ' ';
 	}
 
-	rc = SPI_execute_plan(BrokerPlan(PLAN_QUEUE_INSERT), values, nulls, false, 1);
-	if (rc != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "broker: creating the queue failed: %s",
-			 SPI_result_code_string(rc));
+	rc = BrokerStmtExecute(&insert_queue, -1, values, nulls, 1);
+	BrokerStmtCheck(rc, SPI_OK_INSERT_RETURNING, "creating the queue");
 	if (SPI_processed == 0)
 	{
 		if (!if_not_exists)
@@ -127,27 +156,6 @@ broker_create_queue(PG_FUNCTION_ARGS)
 
 	BrokerSPIFinish();
 	PG_RETURN_VOID();
-}
-
-/* Delete every message of a queue, in every segment; returns how many. */
-static uint64
-purge_messages(int32 queue_id)
-{
-	Datum		values[1];
-	uint64		n = 0;
-
-	values[0] = Int32GetDatum(queue_id);
-	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
-	{
-		int			rc = BrokerExecute(BrokerPlanSeg(PLAN_MESSAGES_PURGE, seg),
-										  values, NULL, 0);
-
-		if (rc != SPI_OK_DELETE)
-			elog(ERROR, "broker: deleting messages failed: %s",
-				 SPI_result_code_string(rc));
-		n += SPI_processed;
-	}
-	return n;
 }
 
 /* broker.drop_queue(queue, if_exists): the queue and all its messages. */
@@ -178,9 +186,8 @@ broker_drop_queue(PG_FUNCTION_ARGS)
 	BrokerLockQueue(name, AccessExclusiveLock, &q);
 
 	values[0] = Int32GetDatum(q.queue_id);
-	rc = SPI_execute_plan(BrokerPlan(PLAN_QUEUE_DLQ_USERS), values, NULL, false, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "broker: dead-letter check failed: %s", SPI_result_code_string(rc));
+	rc = BrokerStmtExecute(&dead_letter_users, -1, values, NULL, 1);
+	BrokerStmtCheck(rc, SPI_OK_SELECT, "dead-letter check");
 	users = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (!isnull)
 		ereport(ERROR,
@@ -190,10 +197,9 @@ broker_drop_queue(PG_FUNCTION_ARGS)
 				 errdetail("Dead-letter queue of: %s.", TextDatumGetCString(users)),
 				 errhint("Drop those queues first.")));
 
-	(void) purge_messages(q.queue_id);
-	rc = SPI_execute_plan(BrokerPlan(PLAN_QUEUE_DELETE), values, NULL, false, 0);
-	if (rc != SPI_OK_DELETE)
-		elog(ERROR, "broker: dropping the queue failed: %s", SPI_result_code_string(rc));
+	(void) BrokerStorePurge(q.queue_id);
+	rc = BrokerStmtExecute(&delete_queue, -1, values, NULL, 0);
+	BrokerStmtCheck(rc, SPI_OK_DELETE, "dropping the queue");
 
 	/* Other backends flush their cached definitions when we commit. */
 	CacheInvalidateRelcacheByRelid(BrokerGetRels()->queue_defs);
@@ -216,7 +222,7 @@ broker_purge_queue(PG_FUNCTION_ARGS)
 	BrokerRequireWritable("purge a queue");
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessExclusiveLock, &q);
-	n = purge_messages(q.queue_id);
+	n = BrokerStorePurge(q.queue_id);
 	BrokerNoteDeleted();
 	BrokerSPIFinish();
 	PG_RETURN_INT64((int64) n);

@@ -38,7 +38,7 @@
  *
  * Drained bits are a hint that dequeue scans and the reaper use to skip
  * empty segments; nothing that could lose a message trusts them.  The
- * low-water-mark probe (shmem.c) looks into every segment and clears the
+ * low-water-mark probe (store.c, for inflight.c) looks into every segment and clears the
  * bit of a segment in which it finds a row; lookups by id try drained
  * segments last; and every maintenance pass checks that each drained
  * segment is still empty.  So rows that reach a drained segment without
@@ -50,7 +50,7 @@
  * ---------------------------------
  * Moving a row to another segment is an uncommitted delete and insert of
  * a message whose id is far below the id sequence, which the in-flight
- * registry of enqueues (shmem.c) does not know.  A low-water-mark refresh
+ * registry of enqueues (inflight.c) does not know.  A low-water-mark refresh
  * whose per-segment probes, each with its own snapshot, straddled the
  * mover's commit could see the row in neither segment and move the mark
  * past it for good.  So a mover announces itself: it increments "movers"
@@ -59,11 +59,11 @@
  * reads move_gen before it starts and gives up if a mover is open; it
  * reads move_gen again after its probes and discards its result if it
  * changed.  A refresh therefore only advances the mark when no move was
- * in progress at any time during it (BrokerSegmentMovesBegin/Since).  The
+ * in progress at any time during it (BrokerStoreMovesBegin/Since).  The
  * same holds for a COPY into a segment (pg_restore), announced by the
  * utility hook.
  *
- * Locking: an LWLock of the "broker" tranche protects the hash of states;
+ * Locking: the BROKER_LOCK_SEGMENTS LWLock protects the hash of states;
  * each state has a spinlock for its fields; movers and move_gen are
  * atomics.  Two maintaining transactions are serialised by an
  * ExclusiveLock on broker.segments (taken with a 50 ms timeout; the second
@@ -78,7 +78,9 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "port/atomics.h"
 #include "storage/lmgr.h"
+#include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
 #include "utils/builtins.h"
@@ -87,10 +89,14 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
-#include "broker.h"
+#include "catalog.h"
+#include "qstate.h"
+#include "segment.h"
+#include "sql.h"
+#include "store.h"
+#include "util.h"
 
 #define BROKER_MAX_INSTALLATIONS	256
-#define BROKER_MOVE_BATCH			10000
 
 int			broker_segment_size = 100000;
 
@@ -100,7 +106,7 @@ typedef struct SegKey
 	Oid			installation;
 } SegKey;
 
-typedef struct SegState
+struct SegState
 {
 	SegKey		key;
 	slock_t		mutex;
@@ -110,7 +116,7 @@ typedef struct SegState
 	uint32		drained;		/* bit per segment: a hint, see above */
 	pg_atomic_uint32 movers;	/* open transactions moving rows */
 	pg_atomic_uint64 move_gen;	/* bumped when one begins and when it ends */
-} SegState;
+};
 
 /* A change the maintaining transaction publishes when it commits. */
 typedef struct SegChange
@@ -132,7 +138,43 @@ static SegKey changes_key;		/* the installation they are for */
 static SegState *moving_in = NULL;
 static bool bulk_loaded = false;	/* the move was a COPY into a segment */
 
-PG_FUNCTION_INFO_V1(broker_maintain_segments);
+
+/* Define the setting of the segments (from _PG_init). */
+void
+BrokerSegmentInit(void)
+{
+	DefineCustomIntVariable("broker.segment_size",
+							"Message ids a segment takes before the next segment becomes current.",
+							"Drained segments are emptied with TRUNCATE; smaller segments "
+							"give space back sooner, larger ones rotate less often.",
+							&broker_segment_size,
+							100000, 100, INT_MAX,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+}
+
+/* The relation of a segment. */
+Oid
+BrokerSegmentRelid(int seg)
+{
+	char		name[NAMEDATALEN];
+
+	snprintf(name, sizeof(name), "messages_%d", seg);
+	return BrokerRelid(name);
+}
+
+/* True when a relation is one of the segment tables (the extension exists). */
+bool
+BrokerStoreIsPartition(Oid relid)
+{
+	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
+	{
+		if (relid == BrokerSegmentRelid(seg))
+			return true;
+	}
+	return false;
+}
 
 /* Shared memory for the segment states. */
 Size
@@ -153,7 +195,7 @@ BrokerSegmentShmemInit(void)
 	seg_hash = ShmemInitHash("broker segments", BROKER_MAX_INSTALLATIONS,
 							 BROKER_MAX_INSTALLATIONS, &info,
 							 HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
-	seg_lock = &(GetNamedLWLockTranche("broker"))[2].lock;
+	seg_lock = &(GetNamedLWLockTranche("broker"))[BROKER_LOCK_SEGMENTS].lock;
 }
 
 /*
@@ -214,8 +256,8 @@ init_state(SegState *st)
  * Without shared memory (not preloaded) a backend-local copy read afresh
  * each time, with no segment known to be drained: every one is scanned.
  */
-static SegState *
-seg_state(void)
+SegState *
+BrokerSegmentState(void)
 {
 	SegKey		key;
 	SegState   *st;
@@ -228,7 +270,6 @@ seg_state(void)
 		load_state(&local);
 		return &local;
 	}
-	BrokerRequireSharedMemory();
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
 	key.installation = BrokerGetRels()->extension;
@@ -265,8 +306,8 @@ seg_state(void)
  * writes: after its own rotation, its own enqueues go to the new current
  * segment, which nobody else can use before it commits).
  */
-static void
-view_state(SegState *st, int *cur, uint32 *drained, int64 *first)
+void
+BrokerSegmentView(SegState *st, int *cur, uint32 *drained, int64 *first)
 {
 	SpinLockAcquire(&st->mutex);
 	*cur = st->cur;
@@ -297,7 +338,7 @@ BrokerSegmentCurrent(void)
 	int			cur;
 	uint32		drained;
 
-	view_state(seg_state(), &cur, &drained, NULL);
+	BrokerSegmentView(BrokerSegmentState(), &cur, &drained, NULL);
 	return cur;
 }
 
@@ -309,7 +350,7 @@ BrokerSegmentScanOrder(int *segs)
 	uint32		drained;
 	int			n = 0;
 
-	view_state(seg_state(), &cur, &drained, NULL);
+	BrokerSegmentView(BrokerSegmentState(), &cur, &drained, NULL);
 	for (int i = 1; i <= BROKER_SEGMENTS; i++)
 	{
 		int			seg = (cur + i) % BROKER_SEGMENTS;
@@ -336,7 +377,7 @@ BrokerSegmentLookupOrder(int64 id, int *segs)
 	int64		first[BROKER_SEGMENTS];
 	int			n = 0;
 
-	view_state(seg_state(), &cur, &drained, first);
+	BrokerSegmentView(BrokerSegmentState(), &cur, &drained, first);
 
 	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
 	{
@@ -364,8 +405,8 @@ BrokerSegmentLookupOrder(int64 id, int *segs)
 }
 
 /* Clear a segment's drained bit, the published one and a pending one. */
-static void
-clear_drained(SegState *st, int seg)
+void
+BrokerSegmentClearDrained(SegState *st, int seg)
 {
 	for (int i = 0; i < nchanges; i++)
 	{
@@ -383,14 +424,14 @@ clear_drained(SegState *st, int seg)
 void
 BrokerSegmentInserted(int seg)
 {
-	clear_drained(seg_state(), seg);
+	BrokerSegmentClearDrained(BrokerSegmentState(), seg);
 }
 
 /* A live row was seen in a segment: it is not drained. */
 void
 BrokerSegmentFound(int seg)
 {
-	clear_drained(seg_state(), seg);
+	BrokerSegmentClearDrained(BrokerSegmentState(), seg);
 }
 
 /*
@@ -398,9 +439,9 @@ BrokerSegmentFound(int seg)
  * afterwards; *moving is set when a mover is open (no refresh now).
  */
 uint64
-BrokerSegmentMovesBegin(bool *moving)
+BrokerStoreMovesBegin(bool *moving)
 {
-	SegState   *st = seg_state();
+	SegState   *st = BrokerSegmentState();
 	uint64		gen;
 
 	gen = pg_atomic_read_u64(&st->move_gen);
@@ -411,9 +452,9 @@ BrokerSegmentMovesBegin(bool *moving)
 
 /* After the refresh's probes: did a move begin or end meanwhile? */
 bool
-BrokerSegmentMovesSince(uint64 gen)
+BrokerStoreMovesSince(uint64 gen)
 {
-	SegState   *st = seg_state();
+	SegState   *st = BrokerSegmentState();
 
 	pg_memory_barrier();
 	return pg_atomic_read_u64(&st->move_gen) != gen;
@@ -423,8 +464,8 @@ BrokerSegmentMovesSince(uint64 gen)
  * This transaction is about to put rows with old ids into a segment
  * (moving them, or a COPY): announce it until the transaction ends.
  */
-static void
-announce_mover(SegState *st)
+void
+BrokerSegmentAnnounceMove(SegState *st)
 {
 	if (moving_in != NULL)
 		return;
@@ -435,26 +476,25 @@ announce_mover(SegState *st)
 
 /* A COPY into a segment table (utility hook): it is a mover. */
 void
-BrokerSegmentBulkLoad(void)
+BrokerStoreBulkLoad(void)
 {
-	const BrokerRels *rels;
-
-	if (!BrokerSharedMemoryReady() || (rels = BrokerFindRels(true)) == NULL)
+	if (!BrokerSharedMemoryReady() || BrokerFindRels(true) == NULL)
 		return;
-	BrokerRequireSharedMemory();	/* registers the transaction callbacks */
+	BrokerXactTrack();
 	BrokerSPIConnect();
-	announce_mover(seg_state());
+	BrokerSegmentAnnounceMove(BrokerSegmentState());
 	bulk_loaded = true;
 	BrokerSPIFinish();
 }
 
 /* Record a change of a state to publish at commit. */
-static void
-add_change(SegState *st, int drained_seg, int new_cur, int64 first_id)
+void
+BrokerSegmentRecord(SegState *st, int drained_seg, int new_cur, int64 first_id)
 {
 	SegChange  *c;
 
 	changes_key = st->key;
+	BrokerXactTrack();
 
 	if (nchanges == maxchanges)
 	{
@@ -474,20 +514,26 @@ add_change(SegState *st, int drained_seg, int new_cur, int64 first_id)
 	c->first_id = first_id;
 }
 
-/* True when this transaction has segment changes or a move open. */
-bool
-BrokerSegmentPending(void)
+/* A PREPARE cannot take segment changes or a move along: refuse it. */
+static void
+segment_pre_prepare(void)
 {
-	return nchanges > 0 || moving_in != NULL;
+	if (nchanges > 0 || moving_in != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot PREPARE a transaction that has maintained broker segments"),
+				 errdetail("Their effects on shared state are published when the transaction commits.")));
 }
 
 /*
  * The transaction ends: on commit publish its changes (it is visible now
  * and still holds its locks); in any case end its move.
  */
-void
-BrokerSegmentXactEnd(bool commit)
+static void
+segment_xact_end(BrokerXactEnd how)
 {
+	bool		commit = how == BROKER_XACT_COMMITTED;
+
 	if (commit && nchanges > 0 && seg_hash != NULL)
 	{
 		SegState   *st;
@@ -530,7 +576,7 @@ BrokerSegmentXactEnd(bool commit)
 		 * ago: those marks start again from 0.
 		 */
 		if (commit && bulk_loaded)
-			BrokerResetMarks(key.dbid, key.installation);
+			BrokerLowerMarks(key.dbid, key.installation);
 	}
 	bulk_loaded = false;
 	changes = NULL;				/* freed with TopTransactionContext */
@@ -538,9 +584,9 @@ BrokerSegmentXactEnd(bool commit)
 }
 
 /* A subtransaction ended: forget its changes if it rolled back. */
-void
-BrokerSegmentSubXactEnd(SubTransactionId mySubid, SubTransactionId parentSubid,
-						bool commit)
+static void
+segment_subxact_end(SubTransactionId mySubid, SubTransactionId parentSubid,
+					bool commit)
 {
 	int			j = 0;
 
@@ -557,9 +603,15 @@ BrokerSegmentSubXactEnd(SubTransactionId mySubid, SubTransactionId parentSubid,
 	nchanges = j;
 }
 
+const BrokerXactHandler BrokerSegmentXact = {
+	.pre_prepare = segment_pre_prepare,
+	.end = segment_xact_end,
+	.subxact_end = segment_subxact_end,
+};
+
 /* Remove the segment state of an installation, or of every one of a database. */
 void
-BrokerSegmentForget(Oid dbid, Oid installation)
+BrokerStoreForget(Oid dbid, Oid installation)
 {
 	HASH_SEQ_STATUS seq;
 	SegState   *st;
@@ -577,311 +629,3 @@ BrokerSegmentForget(Oid dbid, Oid installation)
 	LWLockRelease(seg_lock);
 }
 
-/* A step that may fail with one tolerated error (see try_step). */
-typedef void (*SegmentStep) (Oid relid, int seg, LOCKMODE mode);
-
-/*
- * Run a step in a subtransaction: true if it succeeded, false if it failed
- * with the tolerated SQLSTATE (its effects rolled back); any other error
- * propagates.
- */
-static bool
-try_step(SegmentStep step, Oid relid, int seg, LOCKMODE mode, int tolerated)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool done = false;
-
-	BeginInternalSubTransaction(NULL);
-	PG_TRY();
-	{
-		step(relid, seg, mode);
-		ReleaseCurrentSubTransaction();
-		done = true;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		if (edata->sqlerrcode != tolerated)
-			PG_RE_THROW();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	return done;
-}
-
-/* Step: lock a relation, waiting at most 50 ms. */
-static void
-lock_step(Oid relid, int seg, LOCKMODE mode)
-{
-	int			nest = NewGUCNestLevel();
-
-	(void) seg;
-	(void) set_config_option("lock_timeout", "50", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	LockRelationOid(relid, mode);
-	AtEOXact_GUC(true, nest);
-}
-
-static uint64 run_on_segment(const char *fmt, int seg, int expect);
-
-/* Step: TRUNCATE a segment. */
-static void
-truncate_step(Oid relid, int seg, LOCKMODE mode)
-{
-	(void) relid;
-	(void) mode;
-	run_on_segment("TRUNCATE broker.messages_%d", seg, SPI_OK_UTILITY);
-}
-
-/*
- * Take a lock on a relation, waiting at most 50 ms; false if it could not
- * be had now (someone is still using it).
- */
-static bool
-lock_briefly(Oid relid, LOCKMODE mode)
-{
-	return try_step(lock_step, relid, -1, mode, ERRCODE_LOCK_NOT_AVAILABLE);
-}
-
-/*
- * TRUNCATE a segment (its lock is held); false, and nothing done, if this
- * very session still has it open in a running query (55006), as when
- * maintain_segments() is called from a query that reads broker.messages.
- */
-static bool
-truncate_segment(int seg)
-{
-	return try_step(truncate_step, InvalidOid, seg, NoLock, ERRCODE_OBJECT_IN_USE);
-}
-
-/* Run a statement on one segment (text with %d for the segment). */
-static uint64
-run_on_segment(const char *fmt, int seg, int expect)
-{
-	char	   *sql = psprintf(fmt, seg);
-	int			rc = SPI_execute(sql, false, 0);
-
-	if (rc != expect)
-		elog(ERROR, "broker: segment maintenance failed: %s: %s",
-			 sql, SPI_result_code_string(rc));
-	pfree(sql);
-	return SPI_processed;
-}
-
-/* Live rows of a segment, counted up to "upto". */
-static int64
-count_rows(int seg, int64 upto)
-{
-	char	   *sql = psprintf("SELECT pg_catalog.count(*) FROM"
-							   " (SELECT 1 FROM broker.messages_%d LIMIT " INT64_FORMAT ") s",
-							   seg, upto);
-	int			rc = SPI_execute(sql, false, 1);
-	bool		isnull;
-
-	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "broker: counting a segment's rows failed: %s",
-			 SPI_result_code_string(rc));
-	pfree(sql);
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-									   SPI_tuptable->tupdesc, 1, &isnull));
-}
-
-/* Move up to BROKER_MOVE_BATCH rows, every column kept, to another segment. */
-static void
-move_rows(SegState *st, int from, int to)
-{
-	char	   *sql = psprintf("WITH m AS (DELETE FROM broker.messages_%d d"
-							   "  WHERE d.ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
-							   "    SELECT s.ctid FROM broker.messages_%d s LIMIT %d))"
-							   "  RETURNING d.*)"
-							   " INSERT INTO broker.messages_%d SELECT m.* FROM m",
-							   from, from, BROKER_MOVE_BATCH, to);
-	int			rc;
-
-	announce_mover(st);
-	rc = SPI_execute(sql, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "broker: moving messages between segments failed: %s",
-			 SPI_result_code_string(rc));
-	pfree(sql);
-}
-
-/*
- * One maintenance step in the caller's transaction (SPI connected):
- * truncate drained segments, move the last live rows out of the segment
- * that is to become current next, rotate when the current segment is full.
- * Nothing of it is published before the transaction commits.
- */
-void
-BrokerSegmentsMaintain(void)
-{
-	SegState   *st = seg_state();
-	const BrokerRels *rels = BrokerGetRels();
-	int			cur;
-	int			next;
-	uint32		drained;
-	int64		last_id;
-	int64		first_cur;
-	bool		rotate_due;
-	bool		next_drained = false;
-	bool		isnull;
-	int			rc;
-
-	/*
-	 * One maintainer at a time (a second one has nothing to do), and never
-	 * one that waits: ExclusiveLock also conflicts with a session that
-	 * holds rows of broker.segments FOR UPDATE.
-	 */
-	if (!lock_briefly(rels->segments, ExclusiveLock))
-		return;
-
-	/* A previous maintainer has committed and published: fresh state. */
-	{
-		int64		first[BROKER_SEGMENTS];
-
-		view_state(st, &cur, &drained, first);
-		first_cur = first[cur];
-	}
-	next = (cur + 1) % BROKER_SEGMENTS;
-
-	rc = SPI_execute("SELECT s.last_value FROM broker.message_id_seq s", false, 1);
-	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "broker: reading the message id sequence failed");
-	last_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										  SPI_tuptable->tupdesc, 1, &isnull));
-	rotate_due = last_id - first_cur >= broker_segment_size;
-
-	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
-	{
-		CHECK_FOR_INTERRUPTS();
-		if (seg == cur)
-			continue;
-		if ((drained & (1u << seg)) != 0)
-		{
-			if (seg == next)
-				next_drained = true;
-			continue;
-		}
-
-		/*
-		 * Cheap look first, without the lock: live rows left, nothing to do
-		 * yet.  Only the segment that must become current next has its last
-		 * rows moved out, and only a few: a real backlog there is the head
-		 * of the queues, soon consumed, and is left to the consumers.
-		 */
-		if (seg == next && rotate_due)
-		{
-			if (count_rows(seg, broker_segment_size / 10 + 1) > broker_segment_size / 10)
-				continue;
-		}
-		else if (count_rows(seg, 1) > 0)
-			continue;
-		if (!lock_briefly(rels->segment[seg], AccessExclusiveLock))
-			continue;
-		/* With the lock, every writer of the segment has finished. */
-		if (seg == next && rotate_due && count_rows(seg, 1) > 0)
-			move_rows(st, seg, cur);
-		if (count_rows(seg, 1) > 0)
-			continue;
-		if (!truncate_segment(seg))
-			continue;
-		add_change(st, seg, -1, 0);
-		if (seg == next)
-			next_drained = true;
-	}
-
-	if (rotate_due && next_drained)
-	{
-		Datum		values[2];
-		Oid			types[2] = {INT4OID, INT8OID};
-
-		values[0] = Int32GetDatum(next);
-		values[1] = Int64GetDatum(last_id + 1);
-		/* The table may have no rows yet (see load_state): upsert all four. */
-		rc = SPI_execute_with_args("INSERT INTO broker.segments AS s (segment, current, first_id)"
-								   " SELECT g.i, g.i OPERATOR(pg_catalog.=) $1,"
-								   "        CASE WHEN g.i OPERATOR(pg_catalog.=) $1 THEN $2 ELSE 0 END"
-								   "   FROM pg_catalog.generate_series(0, 3) AS g(i)"
-								   " ON CONFLICT (segment) DO UPDATE"
-								   "   SET current = EXCLUDED.current,"
-								   "       first_id = CASE WHEN EXCLUDED.current"
-								   "                  THEN EXCLUDED.first_id ELSE s.first_id END",
-								   2, types, values, NULL, false, 0);
-		if (rc != SPI_OK_INSERT)
-			elog(ERROR, "broker: rotating segments failed: %s",
-				 SPI_result_code_string(rc));
-		/* Producers may start on it once this transaction has committed. */
-		add_change(st, -1, next, last_id + 1);
-	}
-}
-
-/*
- * Check every drained segment for rows (a restore's COPY, a superuser's
- * INSERT): a segment with rows loses its drained bit.  Caller is connected
- * to SPI; a few index-less probes of empty tables.
- */
-void
-BrokerSegmentsVerifyDrained(void)
-{
-	SegState   *st = seg_state();
-	int			cur;
-	uint32		drained;
-
-	view_state(st, &cur, &drained, NULL);
-	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
-	{
-		if ((drained & (1u << seg)) != 0 && count_rows(seg, 1) > 0)
-			clear_drained(st, seg);
-	}
-}
-
-/*
- * broker.maintain_segments(): one maintenance step now (what the worker
- * does every broker.reaper_interval), then the state of every segment as
- * this transaction will publish it.
- */
-Datum
-broker_maintain_segments(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	SegState   *st;
-	int			cur;
-	int64		first[BROKER_SEGMENTS];
-	uint32		drained;
-
-	BrokerRequireSharedMemory();
-	BrokerRequireWritable("maintain segments");
-	if (IsolationUsesXactSnapshot())
-		ereport(ERROR,
-				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
-				 errmsg("broker.maintain_segments() must run in a READ COMMITTED transaction"),
-				 errdetail("It checks that a segment is empty with a new snapshot; an older one could miss a message committed since.")));
-	InitMaterializedSRF(fcinfo, 0);
-	BrokerSPIConnect();
-	BrokerSegmentsVerifyDrained();
-	BrokerSegmentsMaintain();
-	st = seg_state();
-	view_state(st, &cur, &drained, first);
-	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
-	{
-		Datum		values[5];
-		bool		nulls[5] = {false, false, false, false, false};
-
-		values[0] = Int32GetDatum(seg);
-		values[1] = BoolGetDatum(cur == seg);
-		values[2] = Int64GetDatum(first[seg]);
-		values[3] = BoolGetDatum((drained & (1u << seg)) != 0);
-		values[4] = Int64GetDatum(DatumGetInt64(DirectFunctionCall1(pg_total_relation_size,
-																	ObjectIdGetDatum(BrokerGetRels()->segment[seg]))));
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	BrokerSPIFinish();
-	return (Datum) 0;
-}

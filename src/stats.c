@@ -6,7 +6,7 @@
  *
  * A consumer is named by the setting broker.consumer, else the session's
  * application_name, else "(unnamed)".  The counts are published when the
- * consumer's transaction commits (shmem.c), so rolled-back work is not
+ * consumer's transaction commits (qstate.c), so rolled-back work is not
  * counted.
  *
  * The table lives in shared memory and holds broker.max_consumers entries
@@ -14,7 +14,7 @@
  * recycled for the new consumer; the counts of recycled entries are added
  * up and shown as one row, consumer "(evicted, all databases)" with a NULL queue, so an
  * operator sees both that the table is too small and how much it forgot.
- * Protected by the second LWLock of the "broker" tranche.
+ * Protected by the BROKER_LOCK_CONSUMERS LWLock of the "broker" tranche.
  *
  *-------------------------------------------------------------------------
  */
@@ -27,10 +27,13 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/timestamp.h"
 
-#include "broker.h"
+#include "catalog.h"
+#include "stats.h"
+#include "util.h"
 
 char	   *broker_consumer_name = NULL;
 int			broker_max_consumers = 1024;
@@ -64,6 +67,35 @@ static HTAB *consumer_hash = NULL;
 
 PG_FUNCTION_INFO_V1(broker_consumers);
 
+/* Define the settings of the consumer history (from _PG_init). */
+void
+BrokerStatsInit(void)
+{
+	DefineCustomStringVariable("broker.consumer",
+							   "Name this session's dequeues and deletes are attributed to.",
+							   "Shown in broker.consumers; empty means application_name.",
+							   &broker_consumer_name,
+							   "",
+							   PGC_USERSET,
+							   0,
+							   NULL, NULL, NULL);
+
+	/*
+	 * A PGC_POSTMASTER setting can only be defined while the postmaster
+	 * loads us; loaded later (no preload), there is no shared memory to
+	 * size anyway.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("broker.max_consumers",
+								"Maximum number of (consumer, queue) pairs in the consumer history.",
+								"When full, the pair seen longest ago is recycled.",
+								&broker_max_consumers,
+								1024, 16, 1000000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+}
+
 /* Shared memory for the consumer table. */
 Size
 BrokerStatsShmemSize(void)
@@ -83,7 +115,7 @@ BrokerStatsShmemInit(void)
 									  &found);
 	if (!found)
 	{
-		consumer_shared->lock = &(GetNamedLWLockTranche("broker"))[1].lock;
+		consumer_shared->lock = &(GetNamedLWLockTranche("broker"))[BROKER_LOCK_CONSUMERS].lock;
 		consumer_shared->evicted_delivered = 0;
 		consumer_shared->evicted_deleted = 0;
 		consumer_shared->any_evicted = false;

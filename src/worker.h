@@ -1,10 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * worker.h
- *	  The broker's background workers: the launcher, the per-database
- *	  expiry reapers, their shared state, broker.reap() and broker.health().
- *
- * Everything is in worker.c; see its header comment.
+ *	  The broker's background workers: the launcher (launcher.c), one
+ *	  expiry reaper per database (reaper.c), their shared state of slots
+ *	  and pauses (worker.c), and broker.health() (health.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -13,16 +12,57 @@
 
 #include "postgres.h"
 
+#include "datatype/timestamp.h"
+#include "storage/latch.h"
 #include "utils/guc.h"
 
-/* The version compiled into the library (broker.health() reports it). */
-#define BROKER_LIBRARY_VERSION	"0.1.0"
+/* What a reaper is doing (broker.health().state). */
+typedef enum BrokerReaperState
+{
+	REAPER_STARTING,
+	REAPER_IDLE,
+	REAPER_REAPING,
+	REAPER_NO_EXTENSION
+} BrokerReaperState;
 
-/* GUC broker.databases: the databases served; empty means all. */
+/* One reaper: reserved by the launcher, owned by the reaper once running. */
+typedef struct BrokerReaperSlot
+{
+	bool		in_use;
+	Oid			dboid;
+	pid_t		pid;			/* 0 while reserved, before the reaper runs */
+	Latch	   *latch;			/* the reaper's, to wake it */
+	bool		stop_requested;
+	BrokerReaperState state;
+	TimestampTz last_pass_at;	/* 0: no pass yet */
+	int64		last_pass_us;
+	uint64		removed_total;
+} BrokerReaperSlot;
+
+/* worker.c: the shared state of the workers */
+extern Size BrokerWorkerShmemSize(void);
+extern void BrokerWorkerShmemInit(void);
+extern bool BrokerWorkersReady(void);
+extern const char *BrokerReaperStateName(BrokerReaperState state);
+extern pid_t BrokerLauncherClaim(void);
+extern void BrokerLauncherRelease(void);
+extern bool BrokerSlotReserve(Oid dboid, TimestampTz now);
+extern void BrokerSlotReleaseReservation(Oid dboid);
+extern BrokerReaperSlot *BrokerSlotClaim(Oid dboid, pid_t *other);
+extern void BrokerSlotRelease(BrokerReaperSlot *slot);
+extern void BrokerSlotSet(BrokerReaperSlot *slot, BrokerReaperState state,
+						  TimestampTz pass_at, int64 pass_us, uint64 removed);
+extern bool BrokerSlotStopRequested(BrokerReaperSlot *slot);
+extern int	BrokerSlotsCopy(BrokerReaperSlot **copy);
+extern void BrokerStopReaperFor(Oid dboid);
+
+/* launcher.c */
 extern char *broker_databases;
+extern void BrokerLauncherInit(void);
 
-extern void BrokerWorkerInit(void);
-extern bool BrokerCheckDatabases(char **newval, void **extra, GucSource source);
+/* reaper.c */
+extern int	broker_reaper_interval_ms;
+extern void BrokerReaperInit(void);
 
 /* Entry points of the background workers, looked up by name. */
 extern PGDLLEXPORT void broker_launcher_main(Datum main_arg)

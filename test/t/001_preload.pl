@@ -50,9 +50,8 @@ is($node->safe_psql('postgres', 'SHOW shared_preload_libraries'),
 is( $node->safe_psql(
 		'postgres',
 		q{SELECT string_agg(name, ',' ORDER BY name) FROM pg_shmem_allocations
-		   WHERE name IN ('broker queue states', 'broker shared state',
-		                  'broker consumers', 'broker consumer history')}),
-	'broker consumer history,broker consumers,broker queue states,broker shared state',
+		   WHERE name LIKE 'broker %'}),
+	'broker consumer history,broker consumers,broker in-flight registry,broker queue states,broker segments,broker worker state',
 	'broker shared memory segments exist');
 
 # The module's GUCs are registered by the preloaded library.

@@ -1,0 +1,112 @@
+/*-------------------------------------------------------------------------
+ *
+ * produce.c
+ *	  Putting messages into a queue, for enqueue and for dead-lettering.
+ *
+ * A message is one row, in the caller's transaction: it is delivered if
+ * and only if that transaction commits.  Its id is allocated through the
+ * in-flight registry (inflight.c) so that consumers' low-water marks never
+ * pass an id that has yet to commit; its counters and the wake-up of one
+ * waiter are published at commit (qstate.c).
+ *
+ * The size limit applies to what a message stores: the bytes of the
+ * payload's and the headers' jsonb binary values, before any TOAST
+ * compression (what pg_column_size reports for an uncompressed value, less
+ * the 4-byte varlena header, added up).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "utils/timestamp.h"
+
+#include "inflight.h"
+#include "produce.h"
+#include "qstate.h"
+#include "store.h"
+
+/*
+ * Refuse a message whose payload and headers together are larger than the
+ * queue's max_message_size (54000); element > 0 names a batch element.
+ */
+void
+BrokerCheckMessageSize(const BrokerQueue *q, Jsonb *payload, Jsonb *headers,
+					   int element)
+{
+	Size		size = VARSIZE_ANY_EXHDR(payload);
+	Size		hsize = headers ? VARSIZE_ANY_EXHDR(headers) : 0;
+
+	if (size + hsize <= (Size) q->max_message_size)
+		return;
+	if (element > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("message too large: %zu bytes, queue \"%s\" accepts at most %d bytes",
+						size + hsize, q->name, q->max_message_size),
+				 errdetail("Element %d of payloads is %zu bytes and the headers %zu bytes; nothing was enqueued.",
+						   element, size, hsize)));
+	ereport(ERROR,
+			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+			 errmsg("message too large: %zu bytes, queue \"%s\" accepts at most %d bytes",
+					size + hsize, q->name, q->max_message_size),
+			 errdetail("The payload is %zu bytes and the headers %zu bytes, in their jsonb binary form.",
+					   size, hsize)));
+}
+
+/*
+ * Put one message into a queue (caller holds the queue's lock and an SPI
+ * connection); returns its id.
+ */
+int64
+BrokerEnqueueOne(const BrokerQueue *q, Jsonb *payload, Jsonb *headers,
+				 TimestampTz now, TimestampTz vt, bool has_expiry,
+				 TimestampTz expires_at)
+{
+	BrokerNewMessage m;
+
+	m.queue_id = q->queue_id;
+	m.id = BrokerAllocateMessageId(q->queue_id);
+	m.vt = vt;
+	m.enqueued_at = now;
+	m.has_expiry = has_expiry;
+	m.expires_at = expires_at;
+	m.payload = payload;
+	m.headers = headers;
+	BrokerStoreInsert(&m);
+
+	BrokerCount(q->queue_id, BROKER_COUNT_ENQUEUED, 1);
+	if (vt > now)
+		BrokerNoteDue(q->queue_id, vt);
+	else
+		BrokerCount(q->queue_id, BROKER_COUNT_READY, 1);
+	return m.id;
+}
+
+/*
+ * Move messages taken out of a queue to its dead-letter queue, or drop them
+ * when it has none; counted as dead-lettered.  The queue's lock is held.
+ */
+void
+BrokerDeadLetter(const BrokerQueue *q, const BrokerDeadMessage *dead, int ndead)
+{
+	BrokerQueue dlq;
+	TimestampTz now;
+
+	BrokerNoteDeleted();
+	BrokerCount(q->queue_id, BROKER_COUNT_DEAD_LETTERED, ndead);
+	if (q->dead_letter_id == 0)
+		return;
+
+	/* Lock order: the queue (held), then its dead-letter queue. */
+	BrokerLockQueueById(q->dead_letter_id, AccessShareLock);
+	if (!BrokerLookupQueueById(q->dead_letter_id, &dlq))
+		elog(ERROR, "broker: dead-letter queue %d of queue \"%s\" vanished",
+			 q->dead_letter_id, q->name);
+
+	now = GetCurrentTimestamp();
+	for (int i = 0; i < ndead; i++)
+		BrokerEnqueueOne(&dlq, dead[i].payload, dead[i].headers, now, now,
+						 dlq.has_default_ttl,
+						 dlq.has_default_ttl ?
+						 BrokerTimestampPlus(now, &dlq.default_ttl) : 0);
+}

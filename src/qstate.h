@@ -1,0 +1,93 @@
+/*-------------------------------------------------------------------------
+ *
+ * qstate.h
+ *	  Per-queue shared state: the low-water mark, counters, the condition
+ *	  variable long-poll waiters sleep on and the next time something
+ *	  becomes due; and what a transaction did to a queue, published when it
+ *	  commits.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BROKER_QSTATE_H
+#define BROKER_QSTATE_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/spin.h"
+
+#include "xact.h"
+
+/* No event due: the value of BrokerQueueState.next_due. */
+#define BROKER_NO_DUE	PG_INT64_MAX
+
+/*
+ * Hash key of a queue's shared state.  Queues live in one database, and
+ * queue ids restart when the extension is dropped and created again, so
+ * the key also holds the OID of that installation's pg_extension row.
+ */
+typedef struct BrokerQueueKey
+{
+	Oid			dbid;
+	Oid			installation;	/* BrokerRels.extension */
+	int32		queue_id;
+} BrokerQueueKey;
+
+/*
+ * Shared state of one queue, created on first use, removed when the queue
+ * or its installation is dropped.  lwm: no live message of the queue has
+ * an id below it (inflight.c keeps this true).
+ */
+typedef struct BrokerQueueState
+{
+	BrokerQueueKey key;
+	slock_t		mutex;			/* protects refreshing, last_refresh,
+								 * mark_resets, timekeeper, and lwm's
+								 * writes */
+	bool		refreshing;
+	TimestampTz last_refresh;
+	uint64		mark_resets;	/* times BrokerLowerMarks lowered lwm */
+	int			timekeeper;		/* pgprocno of the waiter that sleeps until
+								 * next_due, or -1 */
+	TimestampTz keeper_due;		/* the next_due it sleeps toward */
+	pg_atomic_uint64 lwm;
+	pg_atomic_uint64 enqueued_total;
+	pg_atomic_uint64 deleted_total;
+	pg_atomic_uint64 expired_total;
+	pg_atomic_uint64 dead_lettered_total;
+	ConditionVariable cv;		/* long-poll waiters sleep here */
+	pg_atomic_uint64 next_due;	/* earliest known future vt, or BROKER_NO_DUE */
+	pg_atomic_uint32 waiters;	/* backends sleeping on cv now */
+	pg_atomic_uint64 wakeups;	/* times a waiter woke up */
+	pg_atomic_uint64 empty_wakeups; /* ... and found nothing to take */
+} BrokerQueueState;
+
+/* What a transaction did to a queue, made public when it commits. */
+typedef enum BrokerCounter
+{
+	BROKER_COUNT_ENQUEUED,
+	BROKER_COUNT_DELETED,
+	BROKER_COUNT_EXPIRED,
+	BROKER_COUNT_DEAD_LETTERED,
+	BROKER_COUNT_DELIVERED,		/* leases taken (consumer history) */
+	BROKER_COUNT_READY,			/* made deliverable now: wake waiters */
+	BROKER_NUM_COUNTERS
+} BrokerCounter;
+
+extern int	broker_max_queues;
+extern const BrokerXactHandler BrokerQueueStateXact;
+
+extern void BrokerQueueStateInit(void);
+extern Size BrokerQueueStateShmemSize(void);
+extern void BrokerQueueStateShmemInit(void);
+extern BrokerQueueState *BrokerQueueStateGet(int32 queue_id, bool create);
+extern void BrokerCount(int32 queue_id, BrokerCounter counter, int64 n);
+extern void BrokerNoteDue(int32 queue_id, TimestampTz due);
+extern void BrokerLowerNextDue(BrokerQueueState *state, TimestampTz due);
+extern void BrokerNoteDroppedQueue(int32 queue_id);
+extern void BrokerLowerMarks(Oid dbid, Oid installation);
+extern void BrokerQueueStatesForget(Oid dbid, Oid installation);
+
+#endif							/* BROKER_QSTATE_H */

@@ -1,0 +1,35 @@
+/*-------------------------------------------------------------------------
+ *
+ * segment.h
+ *	  Inside the message store: the segment state (segment.c) that the
+ *	  store's statements (store.c) and its rotation (rotate.c) consult.
+ *	  Nothing outside the store includes this file.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BROKER_SEGMENT_H
+#define BROKER_SEGMENT_H
+
+#include "postgres.h"
+
+/* Segment tables broker.messages_0 .. _3. */
+#define BROKER_SEGMENTS			4
+
+/* One installation's segment state in shared memory. */
+typedef struct SegState SegState;
+
+extern SegState *BrokerSegmentState(void);
+extern void BrokerSegmentView(SegState *st, int *cur, uint32 *drained,
+							  int64 *first);
+extern Oid	BrokerSegmentRelid(int seg);
+extern int	BrokerSegmentCurrent(void);
+extern int	BrokerSegmentScanOrder(int *segs);
+extern int	BrokerSegmentLookupOrder(int64 id, int *segs);
+extern void BrokerSegmentInserted(int seg);
+extern void BrokerSegmentFound(int seg);
+extern void BrokerSegmentClearDrained(SegState *st, int seg);
+extern void BrokerSegmentAnnounceMove(SegState *st);
+extern void BrokerSegmentRecord(SegState *st, int drained_seg, int new_cur,
+								int64 first_id);
+
+#endif							/* BROKER_SEGMENT_H */

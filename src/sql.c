@@ -1,0 +1,122 @@
+/*-------------------------------------------------------------------------
+ *
+ * sql.c
+ *	  Running the extension's statements: connect, prepare once and keep,
+ *	  execute with the plan guard.
+ *
+ * Every statement is a BrokerStmt constant next to the code that runs it,
+ * every name in it schema-qualified (relations, functions, operators), so
+ * that no search_path can change what it means.  It is prepared on first
+ * use with SPI_prepare_cursor and kept with SPI_keepplan; the plan cache
+ * re-plans it by itself when a relation it uses changes (DROP and CREATE
+ * EXTENSION).  Before a statement is prepared, the extension's relations
+ * are checked (catalog.c), so no statement ever runs against objects that
+ * are not the extension's.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "optimizer/cost.h"
+
+#include "catalog.h"
+#include "sql.h"
+
+/* Connect to SPI, failing loudly. */
+void
+BrokerSPIConnect(void)
+{
+	int			rc = SPI_connect();
+
+	if (rc != SPI_OK_CONNECT)
+		elog(ERROR, "broker: SPI_connect failed: %s", SPI_result_code_string(rc));
+}
+
+/* Disconnect from SPI, failing loudly. */
+void
+BrokerSPIFinish(void)
+{
+	int			rc = SPI_finish();
+
+	if (rc != SPI_OK_FINISH)
+		elog(ERROR, "broker: SPI_finish failed: %s", SPI_result_code_string(rc));
+}
+
+/* The kept plan of a statement (variant -1: no variants). */
+static pg_noinline SPIPlanPtr
+stmt_plan(BrokerStmt *stmt, int variant)
+{
+	int			slot = variant < 0 ? 0 : variant;
+	SPIPlanPtr	plan;
+	char	   *text;
+
+	Assert(slot < BROKER_STMT_VARIANTS);
+	/* Every statement names the extension's relations: check them first. */
+	(void) BrokerGetRels();
+	if (stmt->plans[slot] != NULL)
+		return stmt->plans[slot];
+
+	text = variant < 0 ? (char *) stmt->sql : psprintf(stmt->sql, variant);
+
+	/*
+	 * The generic plan, but for the few statements that need their
+	 * parameters as constants: statements are driven by the primary key,
+	 * and a custom plan per call would re-plan on every call.
+	 */
+	plan = SPI_prepare_cursor(text, stmt->nargs, stmt->argtypes,
+							  (stmt->options & BROKER_STMT_CUSTOM) ?
+							  CURSOR_OPT_CUSTOM_PLAN : CURSOR_OPT_GENERIC_PLAN);
+	if (plan == NULL)
+		elog(ERROR, "broker: SPI_prepare failed: %s: %s",
+			 SPI_result_code_string(SPI_result), text);
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "broker: SPI_keepplan failed: %s", text);
+	stmt->plans[slot] = plan;
+	if (text != stmt->sql)
+		pfree(text);
+	return plan;
+}
+
+/*
+ * Execute a statement (SPI connected).  With BROKER_STMT_INDEX, planning
+ * happens with sequential and bitmap scans disabled: a generic plan is
+ * made, or made again after an invalidation, with the statistics of that
+ * moment, and planned while a segment is empty or just truncated, "seq scan
+ * and sort" looks cheapest and would then be kept while the segment fills
+ * up, making every call read the whole segment.  The settings are restored
+ * at once, also on error.
+ */
+int
+BrokerStmtExecute(BrokerStmt *stmt, int variant, Datum *values,
+				  const char *nulls, long count)
+{
+	SPIPlanPtr	plan = stmt_plan(stmt, variant);
+	bool		save_seqscan = enable_seqscan;
+	bool		save_bitmapscan = enable_bitmapscan;
+	volatile int rc = 0;
+
+	if ((stmt->options & BROKER_STMT_INDEX) == 0)
+		return SPI_execute_plan(plan, values, nulls, false, count);
+
+	enable_seqscan = false;
+	enable_bitmapscan = false;
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(plan, values, nulls, false, count);
+	}
+	PG_FINALLY();
+	{
+		enable_seqscan = save_seqscan;
+		enable_bitmapscan = save_bitmapscan;
+	}
+	PG_END_TRY();
+	return rc;
+}
+
+/* Fail loudly when a statement did not return what it must. */
+void
+BrokerStmtCheck(int rc, int expected, const char *what)
+{
+	if (rc != expected)
+		elog(ERROR, "broker: %s failed: %s", what, SPI_result_code_string(rc));
+}

@@ -1,0 +1,122 @@
+/*-------------------------------------------------------------------------
+ *
+ * store.h
+ *	  The message store: the only code that knows the message tables and
+ *	  their segments (store.c: the statements; segment.c: which segment is
+ *	  current, rotation, emptying drained segments).
+ *
+ * Callers see queues and message ids, never a table or a segment.  Every
+ * function runs in the caller's transaction and SPI connection; Datums
+ * and rows it returns point into SPI memory, valid until SPI_finish.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BROKER_STORE_H
+#define BROKER_STORE_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "storage/itemptr.h"
+#include "utils/array.h"
+#include "utils/jsonb.h"
+
+#include "xact.h"
+
+/* A message to store. */
+typedef struct BrokerNewMessage
+{
+	int32		queue_id;
+	int64		id;
+	TimestampTz vt;				/* deliverable from then on */
+	TimestampTz enqueued_at;
+	bool		has_expiry;
+	TimestampTz expires_at;
+	Jsonb	   *payload;
+	Jsonb	   *headers;		/* or NULL */
+} BrokerNewMessage;
+
+/* Where a message taken by BrokerStoreClaim is: opaque to callers. */
+typedef struct BrokerRowRef
+{
+	int			part;
+	ItemPointerData tid;
+} BrokerRowRef;
+
+/* A deliverable message, locked by this transaction (BrokerStoreClaim). */
+typedef struct BrokerClaimed
+{
+	BrokerRowRef ref;
+	int64		id;
+	Datum		payload;
+	Datum		headers;
+	bool		headers_null;
+	TimestampTz enqueued_at;
+	int32		delivery_count;
+	Datum		expires_at;
+	bool		expires_null;
+} BrokerClaimed;
+
+/* A lease to write into a message that a claim locked (lease.c). */
+typedef struct BrokerLeaseWrite
+{
+	BrokerRowRef ref;
+	TimestampTz vt;
+	int32		delivery_count;
+	int64		receipt;		/* 0: none (released) */
+} BrokerLeaseWrite;
+
+/* What a queue holds now (broker.metrics). */
+typedef struct BrokerQueueCounts
+{
+	int32		queue_id;
+	char	   *name;
+	int64		ready;
+	int64		leased;
+	int64		delayed;
+	int64		total;
+	bool		has_oldest;
+	Interval	oldest_ready_age;
+} BrokerQueueCounts;
+
+/* Called with the expired messages a batch removed, per queue. */
+typedef void (*BrokerExpiredFn) (int32 queue_id, int64 n);
+
+/* store.c */
+extern void BrokerStoreInsert(const BrokerNewMessage *m);
+extern void BrokerStoreInsertBatch(const BrokerNewMessage *common,
+								   ArrayType *ids, ArrayType *payloads, int n);
+extern int	BrokerStoreClaim(int32 queue_id, int64 from_id, TimestampTz now,
+							 int limit, ArrayType *exclude,
+							 BrokerClaimed **rows);
+extern void BrokerStoreDeleteClaimed(const BrokerClaimed *rows, int n);
+extern bool BrokerStoreDelete(int32 queue_id, int64 id, bool has_receipt,
+							  int64 receipt, const BrokerRowRef *where);
+extern int	BrokerStoreDeleteMany(int32 queue_id, ArrayType *ids,
+								  int64 **deleted);
+extern bool BrokerStoreSetVt(int32 queue_id, int64 id, int64 receipt,
+							 TimestampTz vt, bool release, TimestampTz *vt_out);
+extern void BrokerStoreWriteLeases(const BrokerLeaseWrite *leases, int n);
+extern int64 BrokerStoreLowestId(int32 queue_id, int64 from_id);
+extern TimestampTz BrokerStoreNextDue(int32 queue_id, int64 from_id,
+									  TimestampTz now);
+extern uint64 BrokerStoreExpire(int32 queue_id, TimestampTz now, int limit,
+								BrokerExpiredFn counted);
+extern uint64 BrokerStorePurge(int32 queue_id);
+extern int	BrokerStoreCounts(int32 queue_id, TimestampTz now,
+							  BrokerQueueCounts **counts);
+
+/* segment.c */
+extern int	broker_segment_size;
+extern void BrokerSegmentInit(void);
+extern Size BrokerSegmentShmemSize(void);
+extern void BrokerSegmentShmemInit(void);
+extern uint64 BrokerStoreMovesBegin(bool *moving);
+extern bool BrokerStoreMovesSince(uint64 gen);
+extern bool BrokerStoreIsPartition(Oid relid);
+extern void BrokerStoreBulkLoad(void);
+extern void BrokerStoreMaintain(void);
+extern void BrokerStoreForget(Oid dbid, Oid installation);
+extern const BrokerXactHandler BrokerSegmentXact;
+
+#endif							/* BROKER_STORE_H */

@@ -1,0 +1,169 @@
+/*-------------------------------------------------------------------------
+ *
+ * util.c
+ *	  Argument validators and error helpers shared by the entry points, and
+ *	  the flag that says whether shared memory is there.
+ *
+ * Every check raises its own SQLSTATE: 22004 for a NULL that is not
+ * allowed, 42602 for a malformed queue name, 25006 for a change attempted
+ * on a standby or in a read-only transaction, 55000 when the library was
+ * not preloaded.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "util.h"
+
+/* Set by the shared-memory startup hook (broker.c) when preloaded. */
+static bool shmem_ready = false;
+
+/* The shared-memory startup hook ran: every subsystem has its state. */
+void
+BrokerSetSharedMemoryReady(void)
+{
+	shmem_ready = true;
+}
+
+/* True when the library was preloaded and shared memory is attached. */
+bool
+BrokerSharedMemoryReady(void)
+{
+	return shmem_ready;
+}
+
+/* Fail with 55000 unless preloaded. */
+void
+BrokerRequireSharedMemory(void)
+{
+	if (!shmem_ready)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("broker must be loaded via shared_preload_libraries"),
+				 errdetail("This function needs the broker's shared memory."),
+				 errhint("Add broker to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* interval > 0, comparing as PostgreSQL does (a month is 30 days). */
+bool
+BrokerIntervalIsPositive(const Interval *iv)
+{
+	Interval	zero = {0, 0, 0};
+
+	return DatumGetBool(DirectFunctionCall2(interval_gt,
+											IntervalPGetDatum((Interval *) iv),
+											IntervalPGetDatum(&zero)));
+}
+
+/* interval < 0. */
+bool
+BrokerIntervalIsNegative(const Interval *iv)
+{
+	Interval	zero = {0, 0, 0};
+
+	return DatumGetBool(DirectFunctionCall2(interval_lt,
+											IntervalPGetDatum((Interval *) iv),
+											IntervalPGetDatum(&zero)));
+}
+
+/* ts + iv, as timestamptz + interval does. */
+TimestampTz
+BrokerTimestampPlus(TimestampTz ts, const Interval *iv)
+{
+	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+												   TimestampTzGetDatum(ts),
+												   IntervalPGetDatum((Interval *) iv)));
+}
+
+/* Fail with 22004 when a required argument is NULL. */
+void
+BrokerRequireArg(FunctionCallInfo fcinfo, int argno, const char *argname)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", argname)));
+}
+
+/*
+ * Refuse to change data in a read-only transaction or on a standby, with
+ * 25006 and a message that says why, before anything is attempted.
+ */
+void
+BrokerRequireWritable(const char *action)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot %s on a standby", action),
+				 errdetail("A standby is read-only: producing and consuming change the queue."),
+				 errhint("Connect to the primary (for example with target_session_attrs=read-write); "
+						 "a standby can run broker.metrics() and read broker.queues.")));
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot %s in a read-only transaction", action)));
+}
+
+/*
+ * A copy of a user-supplied string fit for an error message: at most 64
+ * bytes, cut on a character boundary, with "..." when it was cut.
+ */
+char *
+BrokerClipForMessage(const char *s, int len)
+{
+	int			clip = pg_mbcliplen(s, len, 64);
+
+	if (clip >= len)
+		return pnstrdup(s, len);
+	return psprintf("%.*s...", clip, s);
+}
+
+/* Refuse a name that is not 1-48 of [a-z0-9_] not starting with a digit. */
+void
+BrokerCheckQueueName(text *name)
+{
+	const char *s = VARDATA_ANY(name);
+	int			len = VARSIZE_ANY_EXHDR(name);
+	bool		ok = len >= 1 && len <= BROKER_QUEUE_NAME_MAX &&
+		!(s[0] >= '0' && s[0] <= '9');
+
+	for (int i = 0; ok && i < len; i++)
+		ok = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') ||
+			s[i] == '_';
+	if (!ok && len > BROKER_QUEUE_NAME_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("invalid queue name \"%s\"", BrokerClipForMessage(s, len)),
+				 errdetail("A queue name is 1 to %d characters of a-z, 0-9 and _, and does not start with a digit; the name given is %d bytes long.",
+						   BROKER_QUEUE_NAME_MAX, len)));
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("invalid queue name \"%s\"", BrokerClipForMessage(s, len)),
+				 errdetail("A queue name is 1 to %d characters of a-z, 0-9 and _, and does not start with a digit.",
+						   BROKER_QUEUE_NAME_MAX)));
+}
+
+/* The queue-name argument, which may be neither NULL nor malformed. */
+text *
+BrokerQueueArg(FunctionCallInfo fcinfo, int argno)
+{
+	text	   *name;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("queue name must not be null"),
+				 errdetail("A queue name is 1 to %d characters of a-z, 0-9 and _, and does not start with a digit.",
+						   BROKER_QUEUE_NAME_MAX)));
+	name = PG_GETARG_TEXT_PP(argno);
+	BrokerCheckQueueName(name);
+	return name;
+}

@@ -1,0 +1,47 @@
+/*-------------------------------------------------------------------------
+ *
+ * util.h
+ *	  The bottom layer: argument validators, error helpers and the flag that
+ *	  says whether the library was preloaded.  Calls nothing of broker's.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BROKER_UTIL_H
+#define BROKER_UTIL_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "fmgr.h"
+
+/* The version compiled into the library (broker.health() reports it). */
+#define BROKER_LIBRARY_VERSION	"0.1.0"
+
+#define BROKER_QUEUE_NAME_MAX	48
+#define BROKER_MAX_MESSAGE_SIZE_LIMIT	1048576
+#define BROKER_MAX_BATCH		10000
+
+/*
+ * The LWLocks of the "broker" tranche, one per subsystem that has shared
+ * state (requested once by broker.c).
+ */
+#define BROKER_LOCK_QUEUES		0	/* qstate.c: the queue-state hash */
+#define BROKER_LOCK_CONSUMERS	1	/* stats.c: the consumer history */
+#define BROKER_LOCK_SEGMENTS	2	/* segment.c: the segment states */
+#define BROKER_LOCK_WORKERS		3	/* worker.c: reaper slots and pauses */
+#define BROKER_NUM_LOCKS		4
+
+extern void BrokerSetSharedMemoryReady(void);
+extern bool BrokerSharedMemoryReady(void);
+extern void BrokerRequireSharedMemory(void);
+
+extern bool BrokerIntervalIsPositive(const Interval *iv);
+extern bool BrokerIntervalIsNegative(const Interval *iv);
+extern TimestampTz BrokerTimestampPlus(TimestampTz ts, const Interval *iv);
+extern void BrokerRequireArg(FunctionCallInfo fcinfo, int argno, const char *argname);
+extern void BrokerRequireWritable(const char *action);
+extern char *BrokerClipForMessage(const char *s, int len);
+extern void BrokerCheckQueueName(text *name);
+extern text *BrokerQueueArg(FunctionCallInfo fcinfo, int argno);
+
+#endif							/* BROKER_UTIL_H */
