@@ -102,5 +102,21 @@ SELECT broker.drop_queue('orders');
 ROLLBACK;
 SELECT queue FROM broker.queues WHERE queue = 'orders';
 
+-- intervals too long to add to now are refused up front (a queue created
+-- with lease => '178000000 years' or such a default_ttl made every later
+-- dequeue or enqueue of it fail with 22008)
+SELECT pg_temp.err($$SELECT broker.create_queue('long1', lease => '178000000 years')$$);
+SELECT pg_temp.err($$SELECT broker.create_queue('long2', default_ttl => '178000000 years')$$);
+SELECT broker.create_queue('long3', lease => '9999 years', default_ttl => '9999 years');
+SELECT broker.enqueue('long3', '{}') > 0 AS enqueued;
+SELECT count(*) FROM broker.dequeue('long3');
+SELECT pg_temp.err($$SELECT broker.enqueue('long3', '{}', delay => '20000 years')$$);
+SELECT pg_temp.err($$SELECT broker.enqueue('long3', '{}', ttl => '20000 years')$$);
+SELECT pg_temp.err($$SELECT * FROM broker.dequeue('long3', 1, '20000 years')$$);
+SELECT pg_temp.err($$SELECT * FROM broker.dequeue('long3', 1, NULL, '20000 years')$$);
+SELECT pg_temp.err($$SELECT broker.extend_lease('long3', 1, 1, '20000 years')$$);
+SELECT pg_temp.err($$SELECT broker.release('long3', 1, 1, '20000 years')$$);
+SELECT broker.drop_queue('long3');
+
 SELECT broker.drop_queue(q) FROM unnest(ARRAY['orders', repeat('a', 48), '_x9', 'a', 'tiny', 'huge']) AS q;
 SELECT count(*) FROM broker.queues;

@@ -184,6 +184,8 @@ broker_release(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("delay must not be negative")));
+	if (delay != NULL)
+		BrokerCheckIntervalMax(delay, "delay");
 	ack_queue(fcinfo, &q);
 	now = GetCurrentTimestamp();
 	done = set_vt(&q, PG_GETARG_INT64(1), PG_GETARG_INT64(2),
@@ -213,6 +215,7 @@ broker_extend_lease(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("lease must be positive")));
+	BrokerCheckIntervalMax(lease, "lease");
 	ack_queue(fcinfo, &q);
 	done = set_vt(&q, PG_GETARG_INT64(1), PG_GETARG_INT64(2),
 				  BrokerTimestampPlus(GetCurrentTimestamp(), lease), false, &vt);

@@ -150,6 +150,10 @@ broker_dequeue(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("wait must not be negative")));
+	if (lease != NULL)
+		BrokerCheckIntervalMax(lease, "lease");
+	if (wait != NULL)
+		BrokerCheckIntervalMax(wait, "wait");
 	waiting = wait != NULL && BrokerIntervalIsPositive(wait);
 
 	BrokerRequireSharedMemory();

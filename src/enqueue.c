@@ -53,6 +53,10 @@ check_delay_ttl(FunctionCallInfo fcinfo)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("ttl must be positive")));
+	if (!PG_ARGISNULL(2))
+		BrokerCheckIntervalMax(PG_GETARG_INTERVAL_P(2), "delay");
+	if (!PG_ARGISNULL(3))
+		BrokerCheckIntervalMax(PG_GETARG_INTERVAL_P(3), "ttl");
 }
 
 /* When the message becomes deliverable and when it expires. */

@@ -59,6 +59,7 @@ check_queue_settings(Interval *lease, int32 max_message_size,
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("lease must be positive")));
+	BrokerCheckIntervalMax(lease, "lease");
 	if (max_message_size < 1 || max_message_size > BROKER_MAX_MESSAGE_SIZE_LIMIT)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -69,6 +70,8 @@ check_queue_settings(Interval *lease, int32 max_message_size,
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("default_ttl must be positive")));
+	if (default_ttl != NULL)
+		BrokerCheckIntervalMax(default_ttl, "default_ttl");
 	if (has_max_deliveries && max_deliveries < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -72,6 +72,25 @@ BrokerIntervalIsNegative(const Interval *iv)
 											IntervalPGetDatum(&zero)));
 }
 
+/*
+ * Refuse an interval longer than BROKER_MAX_INTERVAL_YEARS (22023): added
+ * to now it must stay a timestamp, and a setting that cannot be (a queue's
+ * lease or default_ttl) would make every later call of the queue fail.
+ */
+void
+BrokerCheckIntervalMax(const Interval *iv, const char *argname)
+{
+	Interval	max = {0, 0, BROKER_MAX_INTERVAL_YEARS * MONTHS_PER_YEAR};
+
+	if (DatumGetBool(DirectFunctionCall2(interval_gt,
+										 IntervalPGetDatum((Interval *) iv),
+										 IntervalPGetDatum(&max))))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be at most %d years", argname,
+						BROKER_MAX_INTERVAL_YEARS)));
+}
+
 /* ts + iv, as timestamptz + interval does. */
 TimestampTz
 BrokerTimestampPlus(TimestampTz ts, const Interval *iv)

@@ -20,6 +20,7 @@
 #define BROKER_QUEUE_NAME_MAX	48
 #define BROKER_MAX_MESSAGE_SIZE_LIMIT	1048576
 #define BROKER_MAX_BATCH		10000
+#define BROKER_MAX_INTERVAL_YEARS	10000	/* leases, delays, ttls, waits */
 
 /*
  * The LWLocks of the "broker" tranche, one per subsystem that has shared
@@ -37,6 +38,7 @@ extern void BrokerRequireSharedMemory(void);
 
 extern bool BrokerIntervalIsPositive(const Interval *iv);
 extern bool BrokerIntervalIsNegative(const Interval *iv);
+extern void BrokerCheckIntervalMax(const Interval *iv, const char *argname);
 extern TimestampTz BrokerTimestampPlus(TimestampTz ts, const Interval *iv);
 extern void BrokerRequireArg(FunctionCallInfo fcinfo, int argno, const char *argname);
 extern void BrokerRequireWritable(const char *action);
