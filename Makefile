@@ -15,8 +15,11 @@ PG_CFLAGS   = -Wall -Wextra
 # The server headers are system headers to us: -Wextra stays about our code.
 PG_CPPFLAGS = -I$(srcdir)/src -isystem $(shell $(PG_CONFIG) --includedir-server)
 
-# pg_regress: one file per feature, on a private instance with broker preloaded.
-REGRESS      = $(patsubst sql/%.sql,%,$(sort $(filter-out sql/$(EXTENSION)--%,$(wildcard sql/*.sql))))
+# pg_regress: one file per feature, on a private instance with broker
+# preloaded; setup (the extension and the tests' helpers) runs first, the
+# files that drop and create the extension last.
+REGRESS      = setup queues enqueue dequeue ack dead_letter lease_xact metrics \
+               consumers extension security segments
 REGRESS_OPTS = --temp-config=$(srcdir)/test/broker.conf --temp-instance=$(CURDIR)/tmp_check_regress
 ISOLATION      = $(patsubst test/specs/%.spec,%,$(sort $(wildcard test/specs/*.spec)))
 ISOLATION_OPTS = --inputdir=test --temp-config=$(srcdir)/test/broker.conf --temp-instance=$(CURDIR)/tmp_check_iso

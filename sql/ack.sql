@@ -1,12 +1,5 @@
 -- Acknowledging: delete (with and without receipt, many), release, extend_lease.
 CREATE EXTENSION IF NOT EXISTS broker;
-CREATE FUNCTION pg_temp.err(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN others THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 
 SELECT broker.create_queue('aq');
 
@@ -20,12 +13,12 @@ SELECT count(*) AS never_again FROM broker.dequeue('aq');
 -- delete with the receipt of the current delivery, and with a stale one
 SELECT broker.enqueue('aq', '{"n": 2}') AS id \gset
 SELECT receipt AS r1 FROM broker.dequeue('aq', 1, lease => '100 ms') \gset
-SELECT pg_sleep(0.2);
+SELECT regress.wait_due('aq');
 SELECT receipt AS r2 FROM broker.dequeue('aq') \gset
 SELECT broker.delete('aq', :id, :r1) AS stale_receipt;
 SELECT broker.delete('aq', :id, :r2) AS current_receipt;
 SELECT broker.delete('aq', :id, :r2) AS already_deleted;
-SELECT pg_temp.err($$SELECT broker.delete('aq', NULL)$$);
+SELECT regress.err($$SELECT broker.delete('aq', NULL)$$);
 
 -- delete many: those that exist, returned
 SELECT array_agg(id ORDER BY id) AS ids FROM broker.enqueue_batch('aq', ARRAY['{"a": 1}', '{"a": 2}', '{"a": 3}']::jsonb[]) AS id \gset
@@ -33,7 +26,7 @@ SELECT broker.delete('aq', (:'ids'::bigint[])[2]);
 SELECT count(*) AS deleted, bool_and(x = ANY (:'ids'::bigint[])) AS only_those
   FROM broker.delete('aq', :'ids'::bigint[] || ARRAY[0, NULL, 999999999]::bigint[]) AS x;
 SELECT count(*) FROM broker.delete('aq', ARRAY[]::bigint[]);
-SELECT pg_temp.err($$SELECT broker.delete('aq', NULL::bigint[])$$);
+SELECT regress.err($$SELECT broker.delete('aq', NULL::bigint[])$$);
 SELECT total FROM broker.metrics('aq');
 
 -- release: deliverable again at once, or after a delay
@@ -48,23 +41,23 @@ SELECT :delivery_count AS delivery_count_after_release;
 SELECT broker.release('aq', :id, :r, delay => '1 hour') AS released_with_delay;
 SELECT ready, leased, delayed FROM broker.metrics('aq');
 SELECT count(*) AS not_before_delay FROM broker.dequeue('aq');
-SELECT pg_temp.err(format('SELECT broker.release(%L, %s, %s, delay => %L)', 'aq', :id, :r, '-1 s'));
-SELECT pg_temp.err(format('SELECT broker.release(%L, %s, NULL)', 'aq', :id));
+SELECT regress.err(format('SELECT broker.release(%L, %s, %s, delay => %L)', 'aq', :id, :r, '-1 s'));
+SELECT regress.err(format('SELECT broker.release(%L, %s, NULL)', 'aq', :id));
 SELECT broker.release('aq', 999999999, 1) AS no_message;
 SELECT broker.purge_queue('aq');
 
 -- extend_lease: a heartbeat
 SELECT broker.enqueue('aq', '{"n": "ext"}') AS id \gset
-SELECT receipt AS r FROM broker.dequeue('aq', 1, lease => '100 ms') \gset
+SELECT receipt AS r, lease_until AS first_until FROM broker.dequeue('aq', 1, lease => '100 ms') \gset
 SELECT broker.extend_lease('aq', :id, :r, '1 hour')
        BETWEEN now() + '1 hour' AND clock_timestamp() + '1 hour' AS extended;
-SELECT pg_sleep(0.2);
+SELECT regress.wait_until(format('SELECT clock_timestamp() > %L::timestamptz', :'first_until'));
 SELECT count(*) AS still_held FROM broker.dequeue('aq');
 SELECT vt > now() + '59 minutes' AS lease_until_moved FROM broker.messages WHERE id = :id;
 SELECT broker.extend_lease('aq', :id, :r + 1, '1 hour') IS NULL AS stale_is_null;
 SELECT broker.extend_lease('aq', 999999999, 1, '1 hour') IS NULL AS missing_is_null;
-SELECT pg_temp.err(format('SELECT broker.extend_lease(%L, %s, %s, %L)', 'aq', :id, :r, '0'));
-SELECT pg_temp.err(format('SELECT broker.extend_lease(%L, %s, %s, NULL)', 'aq', :id, :r));
+SELECT regress.err(format('SELECT broker.extend_lease(%L, %s, %s, %L)', 'aq', :id, :r, '0'));
+SELECT regress.err(format('SELECT broker.extend_lease(%L, %s, %s, NULL)', 'aq', :id, :r));
 SELECT broker.delete('aq', :id, :r) AS deleted_with_receipt;
 
 SELECT broker.drop_queue('aq');

@@ -6,9 +6,9 @@ SELECT broker.create_queue('work', max_deliveries => 2, dead_letter_queue => 'dl
 SELECT broker.enqueue('work', '{"job": 1}', headers => '{"h": "v"}') AS id \gset
 
 SELECT delivery_count FROM broker.dequeue('work', 1, lease => '50 ms');
-SELECT pg_sleep(0.1);
+SELECT regress.wait_due('work');
 SELECT delivery_count FROM broker.dequeue('work', 1, lease => '50 ms');
-SELECT pg_sleep(0.1);
+SELECT regress.wait_due('work');
 -- delivered max_deliveries times: not delivered again, moved to the DLQ
 SELECT count(*) AS third_delivery FROM broker.dequeue('work');
 SELECT total FROM broker.metrics('work');
@@ -19,9 +19,9 @@ SELECT broker.purge_queue('dlq');
 -- a dead-lettered message does not take a place in the batch
 SELECT broker.enqueue('work', '{"job": "old"}') > 0 AS enqueued;
 SELECT count(*) FROM broker.dequeue('work', 1, lease => '50 ms');
-SELECT pg_sleep(0.1);
+SELECT regress.wait_due('work');
 SELECT count(*) FROM broker.dequeue('work', 1, lease => '50 ms');
-SELECT pg_sleep(0.1);
+SELECT regress.wait_due('work');
 SELECT broker.enqueue('work', '{"job": "new"}') > 0 AS enqueued;
 SELECT payload, delivery_count FROM broker.dequeue('work', 1);
 SELECT payload FROM broker.dequeue('dlq');
@@ -31,9 +31,9 @@ SELECT broker.purge_queue('work');
 SELECT broker.purge_queue('dlq');
 SELECT broker.enqueue('work', '{"job": "abort"}') > 0 AS enqueued;
 SELECT count(*) FROM broker.dequeue('work', 1, lease => '10 ms');
-SELECT pg_sleep(0.05);
+SELECT regress.wait_due('work');
 SELECT count(*) FROM broker.dequeue('work', 1, lease => '10 ms');
-SELECT pg_sleep(0.05);
+SELECT regress.wait_due('work');
 BEGIN;
 SELECT count(*) AS delivered FROM broker.dequeue('work');
 SELECT total FROM broker.metrics('dlq');
@@ -45,7 +45,7 @@ SELECT total AS not_in_dlq FROM broker.metrics('dlq');
 SELECT broker.create_queue('once', max_deliveries => 1);
 SELECT broker.enqueue('once', '{"job": "x"}') > 0 AS enqueued;
 SELECT delivery_count FROM broker.dequeue('once', 1, lease => '10 ms');
-SELECT pg_sleep(0.05);
+SELECT regress.wait_due('once');
 SELECT count(*) FROM broker.dequeue('once');
 SELECT total, dead_lettered_total FROM broker.metrics('once');
 

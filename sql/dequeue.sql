@@ -1,12 +1,5 @@
 -- Consuming: dequeue, leases, redelivery, waiting.
 CREATE EXTENSION IF NOT EXISTS broker;
-CREATE FUNCTION pg_temp.err(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN others THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 
 SELECT broker.create_queue('dq', lease => '1 minute');
 SELECT count(*) FROM broker.enqueue_batch('dq',
@@ -28,23 +21,23 @@ SELECT ready, leased, delayed, total FROM broker.metrics('dq');
 SELECT broker.purge_queue('dq');
 
 -- arguments
-SELECT pg_temp.err($$SELECT broker.dequeue('dq', 0)$$);
-SELECT pg_temp.err($$SELECT broker.dequeue('dq', 10001)$$);
-SELECT pg_temp.err($$SELECT broker.dequeue('dq', -1)$$);
-SELECT pg_temp.err($$SELECT broker.dequeue('dq', NULL)$$);
-SELECT pg_temp.err($$SELECT broker.dequeue('dq', 1, lease => '0')$$);
-SELECT pg_temp.err($$SELECT broker.dequeue('dq', 1, lease => '-1 s')$$);
-SELECT pg_temp.err($$SELECT broker.dequeue('dq', 1, wait => '-1 s')$$);
-SELECT pg_temp.err($$SELECT broker.dequeue('dq', 10000)$$);
+SELECT regress.err($$SELECT broker.dequeue('dq', 0)$$);
+SELECT regress.err($$SELECT broker.dequeue('dq', 10001)$$);
+SELECT regress.err($$SELECT broker.dequeue('dq', -1)$$);
+SELECT regress.err($$SELECT broker.dequeue('dq', NULL)$$);
+SELECT regress.err($$SELECT broker.dequeue('dq', 1, lease => '0')$$);
+SELECT regress.err($$SELECT broker.dequeue('dq', 1, lease => '-1 s')$$);
+SELECT regress.err($$SELECT broker.dequeue('dq', 1, wait => '-1 s')$$);
+SELECT regress.err($$SELECT broker.dequeue('dq', 10000)$$);
 
 -- a lease that runs out makes the message deliverable again, with a new receipt
 SELECT broker.enqueue('dq', '{"m": "lease"}') AS id \gset
-SELECT receipt AS r1, delivery_count AS c1 FROM broker.dequeue('dq', 1, lease => '100 ms') \gset
+SELECT receipt AS r1, delivery_count AS c1 FROM broker.dequeue('dq', 1, lease => '1 second') \gset
 SELECT count(*) AS while_leased FROM broker.dequeue('dq');
-SELECT pg_sleep(0.2);
+SELECT regress.wait_due('dq');
 SELECT id = :id AS same, delivery_count, receipt <> :r1 AS new_receipt
   FROM broker.dequeue('dq', 1, lease => '100 ms');
-SELECT pg_sleep(0.2);
+SELECT regress.wait_due('dq');
 SELECT delivery_count FROM broker.dequeue('dq');
 SELECT broker.purge_queue('dq');
 
@@ -68,7 +61,7 @@ SELECT broker.purge_queue('dq');
 -- expired messages are never delivered nor counted as ready
 SELECT broker.enqueue('dq', '{"m": "expires"}', ttl => '100 ms') > 0 AS enqueued;
 SELECT broker.enqueue('dq', '{"m": "stays"}') > 0 AS enqueued;
-SELECT pg_sleep(0.2);
+SELECT regress.wait_expired('dq');
 SELECT ready, total FROM broker.metrics('dq');
 SELECT payload FROM broker.dequeue('dq', 10);
 SELECT broker.purge_queue('dq');
@@ -135,9 +128,9 @@ SELECT broker.purge_queue('dq');
 -- a read-only transaction (and a standby, see test/t/012) cannot consume:
 -- 25006 with a message that says so, before anything is attempted
 BEGIN TRANSACTION READ ONLY;
-SELECT pg_temp.err($$SELECT * FROM broker.dequeue('dq')$$);
-SELECT pg_temp.err($$SELECT broker.enqueue('dq', '{}')$$);
-SELECT pg_temp.err($$SELECT broker.delete('dq', 1)$$);
+SELECT regress.err($$SELECT * FROM broker.dequeue('dq')$$);
+SELECT regress.err($$SELECT broker.enqueue('dq', '{}')$$);
+SELECT regress.err($$SELECT broker.delete('dq', 1)$$);
 ROLLBACK;
 
 SELECT broker.drop_queue(q) FROM unnest(ARRAY['dq', 'dq_other']) AS q;

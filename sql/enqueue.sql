@@ -1,12 +1,5 @@
 -- Producing: enqueue and enqueue_batch.
 CREATE EXTENSION IF NOT EXISTS broker;
-CREATE FUNCTION pg_temp.err(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN others THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 
 SELECT broker.create_queue('eq');
 
@@ -26,21 +19,21 @@ SELECT id = :id AS same_id, payload, headers, delivery_count, expires_at IS NULL
 SELECT broker.purge_queue('eq');
 
 -- a NULL payload: 22004
-SELECT pg_temp.err($$SELECT broker.enqueue('eq', NULL)$$);
-SELECT pg_temp.err($$SELECT broker.enqueue('eq', 'null'::jsonb)$$);  -- JSON null is a value
+SELECT regress.err($$SELECT broker.enqueue('eq', NULL)$$);
+SELECT regress.err($$SELECT broker.enqueue('eq', 'null'::jsonb)$$);  -- JSON null is a value
 SELECT broker.purge_queue('eq');
 
 -- delay and ttl
-SELECT pg_temp.err($$SELECT broker.enqueue('eq', '{}', delay => '-1 second')$$);
-SELECT pg_temp.err($$SELECT broker.enqueue('eq', '{}', ttl => '0')$$);
-SELECT pg_temp.err($$SELECT broker.enqueue('eq', '{}', ttl => '-5 minutes')$$);
+SELECT regress.err($$SELECT broker.enqueue('eq', '{}', delay => '-1 second')$$);
+SELECT regress.err($$SELECT broker.enqueue('eq', '{}', ttl => '0')$$);
+SELECT regress.err($$SELECT broker.enqueue('eq', '{}', ttl => '-5 minutes')$$);
 SELECT broker.enqueue('eq', '{"delayed": true}', delay => '1 hour') > 0 AS enqueued;
 SELECT count(*) AS delivered FROM broker.dequeue('eq');
 SELECT ready, delayed, total FROM broker.metrics('eq');
 SELECT broker.purge_queue('eq');
 SELECT broker.enqueue('eq', '{"soon": true}', delay => '300 ms') > 0 AS enqueued;
 SELECT count(*) AS delivered_before FROM broker.dequeue('eq');
-SELECT pg_sleep(0.4);
+SELECT regress.wait_due('eq');
 SELECT payload AS delivered_after FROM broker.dequeue('eq');
 SELECT broker.purge_queue('eq');
 
@@ -57,7 +50,7 @@ SELECT broker.purge_queue('eq');
 SELECT pg_column_size('{"data": "0123456789"}'::jsonb) - 4 AS size \gset
 SELECT broker.create_queue('eq_small', max_message_size => :size);
 SELECT broker.enqueue('eq_small', '{"data": "0123456789"}') > 0 AS exactly_the_limit_fits;
-SELECT pg_temp.err($$SELECT broker.enqueue('eq_small', '{"data": "0123456789!"}')$$);
+SELECT regress.err($$SELECT broker.enqueue('eq_small', '{"data": "0123456789!"}')$$);
 \set VERBOSITY default
 SELECT broker.enqueue('eq_small', '{"data": "0123456789!"}');
 
@@ -80,10 +73,10 @@ SELECT array_agg(id) AS ids FROM broker.enqueue_batch('eq',
 SELECT (SELECT array_agg(x ORDER BY x) FROM unnest(:'ids'::bigint[]) AS x) = :'ids'::bigint[] AS in_order;
 SELECT payload, headers FROM broker.dequeue('eq', 10) ORDER BY id;
 SELECT broker.purge_queue('eq');
-SELECT pg_temp.err($$SELECT broker.enqueue_batch('eq', ARRAY['{"i": 1}', NULL, '{"i": 3}']::jsonb[])$$);
-SELECT pg_temp.err($$SELECT broker.enqueue_batch('eq_small', ARRAY['{"a": 1}', '{"data": "0123456789!"}']::jsonb[])$$);
-SELECT pg_temp.err($$SELECT broker.enqueue_batch('eq', NULL)$$);
-SELECT pg_temp.err($$SELECT broker.enqueue_batch('eq', ARRAY['{}']::jsonb[], delay => '-1 s')$$);
+SELECT regress.err($$SELECT broker.enqueue_batch('eq', ARRAY['{"i": 1}', NULL, '{"i": 3}']::jsonb[])$$);
+SELECT regress.err($$SELECT broker.enqueue_batch('eq_small', ARRAY['{"a": 1}', '{"data": "0123456789!"}']::jsonb[])$$);
+SELECT regress.err($$SELECT broker.enqueue_batch('eq', NULL)$$);
+SELECT regress.err($$SELECT broker.enqueue_batch('eq', ARRAY['{}']::jsonb[], delay => '-1 s')$$);
 SELECT total FROM broker.metrics('eq');
 SELECT total FROM broker.metrics('eq_small');
 SELECT count(*) FROM broker.enqueue_batch('eq', ARRAY[]::jsonb[]);
@@ -109,9 +102,9 @@ SELECT broker.purge_queue('eq');
 
 -- headers count against max_message_size (a 50 MB header was accepted by a
 -- queue with a 100-byte limit): the limit covers payload and headers
-SELECT pg_temp.err($$SELECT broker.enqueue('eq_small', '{}', headers => jsonb_build_object('h', repeat('x', 100)))$$);
-SELECT pg_temp.err($$SELECT broker.enqueue('eq_small', '{}', headers => jsonb_build_object('h', repeat('x', 50000000)))$$);
-SELECT pg_temp.err($$SELECT broker.enqueue_batch('eq_small', ARRAY['{}', '{}']::jsonb[], headers => jsonb_build_object('h', repeat('x', 100)))$$);
+SELECT regress.err($$SELECT broker.enqueue('eq_small', '{}', headers => jsonb_build_object('h', repeat('x', 100)))$$);
+SELECT regress.err($$SELECT broker.enqueue('eq_small', '{}', headers => jsonb_build_object('h', repeat('x', 50000000)))$$);
+SELECT regress.err($$SELECT broker.enqueue_batch('eq_small', ARRAY['{}', '{}']::jsonb[], headers => jsonb_build_object('h', repeat('x', 100)))$$);
 SELECT broker.enqueue('eq_small', '{}', headers => '{}') > 0 AS fits;
 SELECT total FROM broker.metrics('eq_small');
 

@@ -10,7 +10,7 @@ SELECT queue FROM broker.metrics() WHERE queue IN ('m1', 'm2') ORDER BY queue;
 SELECT count(*) FROM broker.enqueue_batch('m1', ARRAY['{}', '{}', '{}', '{}', '{}']::jsonb[]);
 SELECT broker.enqueue('m1', '{}', delay => '1 hour') > 0 AS enqueued;
 SELECT broker.enqueue('m1', '{}', ttl => '10 ms') > 0 AS enqueued;
-SELECT pg_sleep(0.05);
+SELECT regress.wait_expired('m1');
 SELECT count(*) FROM broker.dequeue('m1', 2);
 SELECT queue, ready, leased, delayed, total, oldest_ready_age > '0' AS has_age,
        enqueued_total, deleted_total, expired_total, dead_lettered_total

@@ -2,13 +2,6 @@
 -- or a role with CREATE somewhere: search_path, look-alike schemas and
 -- tables, untyped parameters.
 CREATE EXTENSION IF NOT EXISTS broker;
-CREATE FUNCTION pg_temp.err(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN others THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 
 SELECT broker.create_queue('sec_q');
 
@@ -59,16 +52,16 @@ SELECT count(*) AS attacker_code_ran FROM public.sec_stolen;
 DROP EXTENSION broker;
 DROP SCHEMA broker;
 CREATE SCHEMA broker AUTHORIZATION sec_evil;
-SELECT pg_temp.err('CREATE EXTENSION broker');
+SELECT regress.err('CREATE EXTENSION broker');
 DROP SCHEMA broker;
 -- so is one that grants CREATE to others, or that is not empty
 CREATE SCHEMA broker;
 GRANT CREATE ON SCHEMA broker TO sec_evil;
-SELECT pg_temp.err('CREATE EXTENSION broker');
+SELECT regress.err('CREATE EXTENSION broker');
 DROP SCHEMA broker;
 CREATE SCHEMA broker;
 CREATE TABLE broker.messages_0 (x int);
-SELECT pg_temp.err('CREATE EXTENSION broker');
+SELECT regress.err('CREATE EXTENSION broker');
 DROP SCHEMA broker CASCADE;
 -- the schema left by DROP EXTENSION is the installing superuser's: reused
 CREATE EXTENSION broker;
@@ -83,16 +76,16 @@ ALTER SCHEMA broker RENAME TO broker_real;
 CREATE SCHEMA broker;
 CREATE TABLE broker.queue_defs (LIKE broker_real.queue_defs);
 CREATE TABLE broker.messages_0 (LIKE broker_real.messages_0);
-SELECT pg_temp.err($$SELECT broker_real.enqueue('sec_q', '{}')$$);
-SELECT pg_temp.err($$SELECT broker_real.create_queue('sec_q2')$$);
-SELECT pg_temp.err($$SELECT broker_real.reap()$$);
+SELECT regress.err($$SELECT broker_real.enqueue('sec_q', '{}')$$);
+SELECT regress.err($$SELECT broker_real.create_queue('sec_q2')$$);
+SELECT regress.err($$SELECT broker_real.reap()$$);
 SELECT count(*) AS lookalikes_untouched FROM broker.queue_defs;
 DROP SCHEMA broker CASCADE;
 ALTER SCHEMA broker_real RENAME TO broker;
 SELECT broker.enqueue('sec_q', '{}') > 0 AS works_again;
 -- a schema handed to another owner is no longer trusted
 ALTER SCHEMA broker OWNER TO sec_evil;
-SELECT pg_temp.err($$SELECT * FROM broker.metrics('sec_q')$$);
+SELECT regress.err($$SELECT * FROM broker.metrics('sec_q')$$);
 ALTER SCHEMA broker OWNER TO CURRENT_USER;
 SELECT total FROM broker.metrics('sec_q');
 
@@ -131,7 +124,7 @@ EXECUTE u_extend('sec_u', :'u_id', :'u_receipt', '2 minutes');
 EXECUTE u_release('sec_u', :'u_id', :'u_receipt', '0');
 SELECT id AS u_id FROM u_got ORDER BY id OFFSET 2 LIMIT 1 \gset
 EXECUTE u_delete2('sec_u', :'u_id');
-SELECT pg_temp.err($$EXECUTE u_delete2('sec_u', 'not a number')$$);
+SELECT regress.err($$EXECUTE u_delete2('sec_u', 'not a number')$$);
 EXECUTE u_dequeue1('sec_u');
 EXECUTE u_metrics('sec_u');
 EXECUTE u_waiters('sec_u');
