@@ -296,6 +296,16 @@ def g_headers(c):
              huge=True)
 
 
+def g_batch_headers(c):
+    """Headers of a batch, stored once per message: at most a few kB."""
+    r = c.rng.random()
+    if r < 0.6:
+        return V(NULL)
+    if r < 0.95:
+        return V(small_json(c))
+    return V(json.dumps({'h': 'y' * 5000}), size=5016)
+
+
 def g_payloads(c):
     """A batch: 0 to 1,000,000 elements (big ones rarely), sometimes with a
     NULL or oversized element, multi-dimensional, or NULL itself."""
@@ -349,6 +359,21 @@ def g_receipt(c):
     if m and m[2] is not None and r < 0.85:
         return V(m[2] ^ 1)
     return V(c.rng.choice(BIG_EXTREMES + [c.rng.randrange(0, 2**62)]), extreme=True)
+
+
+def g_id_text(c):
+    """An id as text: a recent id mostly, else text that is no bigint."""
+    v = g_id(c)
+    if v.value is not None and c.rng.random() < 0.8:
+        return V(str(v.value))
+    return V(c.rng.choice([NULL, '', 'abc', ' 12 ', '1e3', '0x10', '-0', '9223372036854775808',
+                           "1; DROP TABLE x", '1' * 1000]))
+
+
+def g_receipt_text(c):
+    """A receipt as text, or NULL."""
+    v = g_receipt_opt(c)
+    return V(None if v.value is None else str(v.value))
 
 
 def g_receipt_opt(c):
@@ -476,20 +501,20 @@ def post_dequeue(w, call, rows):
         w.txn_leased.add(mid)
         w.st.check_delivery(w, call, mid, call.started, r)
         call.effects.append(('lease', call.queue, mid, lease_until, receipt,
-                             'session %d (defer_lease_write %s, delivery %s): %s'
-                             % (w.wid, w.defer, dc, clip(call.repro, 200))))
+                             'session %d (delivery %s): %s'
+                             % (w.wid, dc, clip(call.repro, 200))))
 
 
 def post_delete_one(w, call, rows):
     """A true result records the id as deleted at commit."""
     if rows and rows[0][0] is True and call.vals[1].value is not None:
-        call.effects.append(('delete', call.queue, call.vals[1].value))
+        call.effects.append(('delete', call.queue, as_id(call.vals[1].value)))
 
 
 def post_delete_many(w, call, rows):
     """The ids returned are distinct and among those given."""
     w.check()
-    got = [r[0] for r in rows]
+    got = [r[0] for r in rows if type(r[0]) is int]   # an untyped call may reach delete(text, text)
     if len(set(got)) != len(got):
         w.fail('delete(ids[]) returned an id twice', call, repr(got[:10]))
     given = call.vals[1].value
@@ -546,7 +571,8 @@ FUNCTIONS = [
        srf=False, weight=20, expect=Q_ERRS | {'22004', '22023', '54000'}, post=post_enqueue),
     Fn('broker.enqueue_batch(text,jsonb[],interval,interval,jsonb)',
        [('queue', 'text', g_queue), ('payloads', 'jsonb[]', g_payloads),
-        ('delay', 'interval', g_delay), ('ttl', 'interval', g_ttl), ('headers', 'jsonb', g_headers)],
+        ('delay', 'interval', g_delay), ('ttl', 'interval', g_ttl),
+        ('headers', 'jsonb', g_batch_headers)],
        srf=True, weight=8, expect=Q_ERRS | {'22004', '22023', '54000'}, post=post_enqueue,
        timeout='120s'),
     Fn('broker.dequeue(text,integer,interval,interval)',
@@ -556,6 +582,9 @@ FUNCTIONS = [
     Fn('broker.delete(text,bigint,bigint)',
        [('queue', 'text', g_queue), ('id', 'bigint', g_id), ('receipt', 'bigint', g_receipt_opt)],
        srf=False, weight=12, expect=Q_ERRS | {'22004'}, post=post_delete_one),
+    Fn('broker.delete(text,text,text)',
+       [('queue', 'text', g_queue), ('id', 'text', g_id_text), ('receipt', 'text', g_receipt_text)],
+       srf=False, weight=4, expect=Q_ERRS | {'22004', '22P02'}, post=post_delete_one),
     Fn('broker.delete(text,bigint[])',
        [('queue', 'text', g_queue), ('ids', 'bigint[]', g_ids)],
        srf=True, weight=6, expect=Q_ERRS | {'22004'}, post=post_delete_many),
@@ -626,6 +655,18 @@ def array_text(v):
             s = str(e)
             parts.append('"' + s.replace('\\', '\\\\').replace('"', '\\"') + '"')
     return '{' + ','.join(parts) + '}'
+
+
+def as_id(v):
+    """A message id given as int or text, or None."""
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, int):
+        return v
+    try:
+        return int(str(v).strip())
+    except ValueError:
+        return None
 
 
 def as_text(v):
@@ -763,8 +804,8 @@ class State:
             if until > end_dt + datetime.timedelta(milliseconds=100):
                 w.fail('dequeue returned a message under another valid lease', call,
                        'id %d leased until %s (receipt %s, committed %.3f s before the call by %s);'
-                       ' call ran %s to %s in session %d (defer_lease_write %s), got delivery %s'
-                       % (mid, until, receipt, started - at, trace, start_dt, end_dt, w.wid, w.defer,
+                       ' call ran %s to %s in session %d, got delivery %s'
+                       % (mid, until, receipt, started - at, trace, start_dt, end_dt, w.wid,
                           row[4] if row else '?'))
 
     def apply(self, effects, wid):
@@ -925,8 +966,6 @@ class Worker(threading.Thread):
         self.conn.add_notice_handler(self.on_notice)
         self.conn.execute("SET statement_timeout = '20s'")
         self.conn.execute("SET application_name = 'fz_w%d'" % self.wid)
-        self.defer = 'off' if self.rng.random() < 0.3 else 'on'
-        self.conn.execute('SET broker.defer_lease_write = %s' % self.defer)
         if self.rng.random() < 0.5:
             self.conn.execute('SET broker.segment_size = %d' % self.rng.choice([100, 1000]))
         if self.rng.random() < 0.3:
@@ -1046,11 +1085,11 @@ class Worker(threading.Thread):
         if fn.post is post_enqueue:
             s = conn.execute('SELECT last_value, is_called FROM broker.message_id_seq').fetchone()
             call.seq_before = s[0] if s[1] else s[0] - 1
-        if fn.name in ('broker.release', 'broker.extend_lease', 'broker.delete') \
-                and len(call.vals) > 1 and isinstance(call.vals[1].value, int):
+        mid = as_id(call.vals[1].value) if len(call.vals) > 1 else None
+        if fn.name in ('broker.release', 'broker.extend_lease', 'broker.delete') and mid is not None:
             with self.st.lock:
-                self.st.inflight[call.vals[1].value] += 1
-            self.my_inflight[call.vals[1].value] += 1
+                self.st.inflight[mid] += 1
+            self.my_inflight[mid] += 1
         timeout = fn.timeout
         if call.vals and any(v.meta.get('huge') for v in call.vals):
             timeout = '120s'
@@ -1320,14 +1359,23 @@ class Checker:
             conn.execute('SET search_path = pg_catalog')
             self.gauges(conn)
         queues = self.queues()
-        for q, ready in queues:
+        for q, ready, total in queues:
             if ready <= 50000:
                 self.drain(q)
+        self.housekeeping(queues)
+
+    def housekeeping(self, queues):
+        """Empty the queues that grew large (huge batches), so that a long
+        run does not fill the disk."""
+        with connect(self.args) as conn:
+            for q, ready, total in queues:
+                if total > 200000:
+                    conn.execute('SELECT broker.purge_queue(%s)', (q,))
 
     def queues(self):
         with connect(self.args) as conn:
             return conn.execute(
-                "SELECT queue, ready FROM broker.metrics() ORDER BY queue").fetchall()
+                "SELECT queue, ready, total FROM broker.metrics() ORDER BY queue").fetchall()
 
     def gauges(self, conn):
         """metrics() agrees with the rows of broker.messages: ready, leased,
@@ -1380,7 +1428,6 @@ class Checker:
         rolls back, so the queue is as it was."""
         with connect(self.args, autocommit=False) as conn:
             conn.execute('SET search_path = pg_catalog')
-            conn.execute('SET broker.defer_lease_write = on')
             conn.execute("SET statement_timeout = '120s'")
             t0 = conn.execute('SELECT clock_timestamp()').fetchone()[0]
             ready = {r[0] for r in conn.execute("""

@@ -16,109 +16,16 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use IPC::Run;
+use lib 'test/perl';
+use BrokerTest;
 
-# --- a psql session held open on a pipe ------------------------------------
-package Session;
 
-my $nmark = 0;
+my $node = broker_node('lwm',
+	conf => [ 'max_prepared_transactions = 4', 'log_statement = none' ]);
 
-sub new
-{
-	my ($class, $node, $name) = @_;
-	my $self = bless { in => '', out => '', err => '', name => $name }, $class;
-	$self->{timeout} =
-	  IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default);
-	$self->{h} = IPC::Run::start(
-		[
-			'psql', '-XAtq', '-v', 'ON_ERROR_STOP=0',
-			'-h', $node->host, '-p', $node->port, 'postgres'
-		],
-		'<', \$self->{in}, '>', \$self->{out}, '2>', \$self->{err},
-		$self->{timeout});
-	return $self;
-}
-
-# Run SQL (one or more statements); returns (stdout, stderr) in list
-# context, stdout in scalar context.  Waits for psql to finish them.
-sub query
-{
-	my ($self, $sql) = @_;
-	my $mark = '__done_' . $nmark++ . '__';
-	$self->{out} = '';
-	$self->{err} = '';
-	$self->{timeout}->start($PostgreSQL::Test::Utils::timeout_default);
-	$self->{in} .= "$sql\n;\n\\echo $mark\n\\warn $mark\n";
-	PostgreSQL::Test::Utils::pump_until($self->{h}, $self->{timeout},
-		\$self->{out}, qr/$mark\n/)
-	  && PostgreSQL::Test::Utils::pump_until($self->{h}, $self->{timeout},
-		\$self->{err}, qr/$mark\n/)
-	  or die "session $self->{name}: no answer to: $sql";
-	(my $out = $self->{out}) =~ s/$mark\n//;
-	(my $err = $self->{err}) =~ s/$mark\n//;
-	chomp $out;
-	return wantarray ? ($out, $err) : $out;
-}
-
-# Like query, but dies on any error.
-sub safe
-{
-	my ($self, $sql) = @_;
-	my ($out, $err) = $self->query($sql);
-	die "session $self->{name}: error in: $sql\n$err" if $err =~ /ERROR/;
-	return $out;
-}
-
-# Send SQL without waiting for its answer (see finish).
-sub start
-{
-	my ($self, $sql) = @_;
-	$self->{pending} = '__done_' . $nmark++ . '__';
-	$self->{out} = '';
-	$self->{err} = '';
-	$self->{in} .= "$sql\n;\n\\echo $self->{pending}\n\\warn $self->{pending}\n";
-	$self->{h}->pump_nb;
-	return;
-}
-
-# Wait for the answer of what start sent; returns (stdout, stderr).
-sub finish
-{
-	my ($self) = @_;
-	my $mark = $self->{pending};
-	$self->{timeout}->start($PostgreSQL::Test::Utils::timeout_default);
-	PostgreSQL::Test::Utils::pump_until($self->{h}, $self->{timeout},
-		\$self->{out}, qr/$mark\n/)
-	  && PostgreSQL::Test::Utils::pump_until($self->{h}, $self->{timeout},
-		\$self->{err}, qr/$mark\n/)
-	  or die "session $self->{name}: no answer";
-	(my $out = $self->{out}) =~ s/$mark\n//;
-	(my $err = $self->{err}) =~ s/$mark\n//;
-	return ($out, $err);
-}
-
-sub quit
-{
-	my ($self) = @_;
-	$self->{in} .= "\\q\n";
-	$self->{h}->finish;
-}
-
-package main;
-
-my $node = PostgreSQL::Test::Cluster->new('lwm');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'broker'
-max_prepared_transactions = 4
-log_statement = none
-});
-$node->start;
-
-my $slow = Session->new($node, 'slow');       # holds transactions open
-my $prod = Session->new($node, 'producer');
-my $cons = Session->new($node, 'consumer');
+my $slow = BrokerTest::Session->new($node, 'slow');       # holds transactions open
+my $prod = BrokerTest::Session->new($node, 'producer');
+my $cons = BrokerTest::Session->new($node, 'consumer');
 
 $slow->safe('CREATE EXTENSION broker');
 
@@ -382,7 +289,7 @@ ok((grep { $_ == $x } @rest), 'the released message is delivered after its delay
 # 5. Rows that segment maintenance moves, or a COPY loads, have ids far
 #    below the mark's fence: a refresh must never pass them.
 # ---------------------------------------------------------------------------
-my $maint = Session->new($node, 'maintainer');
+my $maint = BrokerTest::Session->new($node, 'maintainer');
 $_->safe('SET broker.segment_size = 100') for ($cons, $slow, $maint);
 $prod->safe(q{SELECT broker.create_queue('moved', lease => '1 hour')});
 

@@ -24,90 +24,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use IPC::Run;
 use Time::HiRes qw(usleep time);
-
-# --- a psql session held open on a pipe ------------------------------------
-package Session;
-
-my $nmark = 0;
-
-sub new
-{
-	my ($class, $node, $db) = @_;
-	my $self = bless { in => '', out => '', err => '' }, $class;
-	$self->{timeout} =
-	  IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default);
-	$self->{h} = IPC::Run::start(
-		[
-			'psql', '-XAtq', '-v', 'ON_ERROR_STOP=0',
-			'-h', $node->host, '-p', $node->port, $db
-		],
-		'<', \$self->{in}, '>', \$self->{out}, '2>', \$self->{err},
-		$self->{timeout});
-	return $self;
-}
-
-# Run SQL and wait for it; returns its output, dies on an error.
-sub safe
-{
-	my ($self, $sql) = @_;
-	my $mark = '__done_' . $nmark++ . '__';
-	$self->{out} = '';
-	$self->{err} = '';
-	$self->{in} .= "$sql\n;\n\\echo $mark\n";
-	PostgreSQL::Test::Utils::pump_until($self->{h}, $self->{timeout},
-		\$self->{out}, qr/$mark\n/)
-	  or die "no answer to: $sql";
-	die "error in: $sql\n$self->{err}" if $self->{err} =~ /ERROR/;
-	(my $out = $self->{out}) =~ s/$mark\n//;
-	chomp $out;
-	return $out;
-}
-
-sub quit
-{
-	my ($self) = @_;
-	$self->{in} .= "\\q\n";
-	$self->{h}->finish;
-}
-
-package main;
-
-# Poll a query until it returns $expect, for at most $secs seconds.
-sub poll
-{
-	my ($node, $db, $sql, $expect, $secs) = @_;
-	my $deadline = time + $secs;
-	my $got;
-	for (;;)
-	{
-		$got = $node->safe_psql($db, $sql);
-		return 1 if $got eq $expect;
-		last if time > $deadline;
-		usleep(50_000);
-	}
-	diag "poll: '$sql' returned '$got', expected '$expect'";
-	return 0;
-}
-
-# SQLSTATE of a statement that must fail ("no error" otherwise).
-sub sqlstate
-{
-	my ($node, $sql) = @_;
-	my ($ret, $out, $err) =
-	  $node->psql('postgres', "\\set VERBOSITY verbose\n$sql");
-	return $err =~ /ERROR:\s+([0-9A-Z]{5}):/ ? $1 : "no error: $err";
-}
-
-# ERROR, FATAL and PANIC lines of the log since a position.
-sub log_errors
-{
-	my ($node, $offset) = @_;
-	return join("\n",
-		grep { /\b(ERROR|FATAL|PANIC)\b/ }
-		  split /\n/, slurp_file($node->logfile, $offset));
-}
+use lib 'test/perl';
+use BrokerTest;
 
 my $node = PostgreSQL::Test::Cluster->new('worker');
 $node->init;
@@ -214,7 +133,7 @@ is( $node->safe_psql(
 	'2502', 'r was not touched by reap(q)');
 
 # A row held by another transaction is skipped, not waited for.
-my $holder = Session->new($node, 'postgres');
+my $holder = BrokerTest::Session->new($node, 'postgres', 'postgres');
 $holder->safe(
 	q{BEGIN; SELECT id FROM broker.messages_0   -- segment 0: far fewer than broker.segment_size ids so far
 	   WHERE queue_id = (SELECT queue_id FROM broker.queue_defs WHERE name = 'r')

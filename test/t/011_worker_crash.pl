@@ -15,25 +15,10 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use lib 'test/perl';
+use BrokerTest;
 use Time::HiRes qw(usleep time);
 
-# Poll a query until it returns $expect, for at most $secs seconds.
-sub poll
-{
-	my ($node, $db, $sql, $expect, $secs) = @_;
-	my $deadline = time + $secs;
-	my $got;
-	for (;;)
-	{
-		my ($ret, $out) = $node->psql($db, $sql);
-		$got = $ret == 0 ? $out : "psql failed ($ret)";
-		return 1 if $got eq $expect;
-		last if time > $deadline;
-		usleep(100_000);
-	}
-	diag "poll: '$sql' returned '$got', expected '$expect'";
-	return 0;
-}
 
 # pids of the launcher and of the reaper of postgres, "launcher|reaper".
 sub worker_pids

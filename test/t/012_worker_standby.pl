@@ -15,24 +15,10 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use lib 'test/perl';
+use BrokerTest;
 use Time::HiRes qw(usleep time);
 
-# Poll a query until it returns $expect, for at most $secs seconds.
-sub poll
-{
-	my ($node, $db, $sql, $expect, $secs) = @_;
-	my $deadline = time + $secs;
-	my $got;
-	for (;;)
-	{
-		$got = $node->safe_psql($db, $sql);
-		return 1 if $got eq $expect;
-		last if time > $deadline;
-		usleep(100_000);
-	}
-	diag "poll: '$sql' returned '$got', expected '$expect'";
-	return 0;
-}
 
 my $workers = q{SELECT count(*) FROM pg_stat_activity
                  WHERE backend_type IN ('broker launcher', 'broker reaper')};
