@@ -3,47 +3,6 @@
 
 \echo Use "CREATE EXTENSION broker" to load this file. \quit
 
--- The extension's schema must be one no other role can change: owned by a
--- superuser, empty, with CREATE granted to nobody else.  CREATE EXTENSION
--- creates it owned by the installing superuser when it does not exist; a
--- schema "broker" that someone else created first is refused, since its
--- owner could rename it and put look-alike objects in its place.
-DO $check$
-DECLARE
-    n record;
-BEGIN
-    SELECT s.oid, s.nspacl, s.nspowner, r.rolname, r.rolsuper
-      INTO n
-      FROM pg_catalog.pg_namespace s
-      JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) s.nspowner
-     WHERE s.nspname OPERATOR(pg_catalog.=) 'broker';
-    IF NOT n.rolsuper THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = pg_catalog.format('schema "broker" is owned by role %I, which is not a superuser', n.rolname),
-            DETAIL = 'The broker extension runs its functions with a superuser''s rights on the objects of its schema; another owner could replace them.',
-            HINT = 'Drop or rename that schema, then run CREATE EXTENSION broker again; the extension creates its own.';
-    END IF;
-    IF EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace OPERATOR(pg_catalog.=) n.oid)
-       OR EXISTS (SELECT FROM pg_catalog.pg_proc f WHERE f.pronamespace OPERATOR(pg_catalog.=) n.oid)
-       OR EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.typnamespace OPERATOR(pg_catalog.=) n.oid)
-       OR EXISTS (SELECT FROM pg_catalog.pg_operator o WHERE o.oprnamespace OPERATOR(pg_catalog.=) n.oid) THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = 'schema "broker" is not empty',
-            HINT = 'Drop or rename that schema, then run CREATE EXTENSION broker again; the extension creates its own.';
-    END IF;
-    IF EXISTS (SELECT FROM pg_catalog.aclexplode(n.nspacl) a
-                WHERE a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
-                  AND a.grantee OPERATOR(pg_catalog.<>) n.nspowner) THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = 'schema "broker" grants CREATE to roles other than its owner',
-            HINT = 'Revoke CREATE on schema broker from them, then run CREATE EXTENSION broker again.';
-    END IF;
-END
-$check$;
-
 -- Queue definitions.  queue_id values come from a sequence and are never
 -- reused, so shared-memory state keyed by (database, queue_id) can never be
 -- confused with a dropped queue of the same name.
@@ -120,15 +79,13 @@ UNION ALL SELECT * FROM broker.messages_1
 UNION ALL SELECT * FROM broker.messages_2
 UNION ALL SELECT * FROM broker.messages_3;
 
--- Which segment takes new messages, and from which id on.  Empty until
--- the first rotation (segment 0 is current and every first id is 0 until
--- then), so that pg_dump's copy of its rows restores into a new
--- installation without a duplicate key.
+-- Which segment takes new messages, and from which id on.
 CREATE TABLE broker.segments (
     segment   integer PRIMARY KEY CHECK (segment BETWEEN 0 AND 3),
     current   boolean NOT NULL,
     first_id  bigint  NOT NULL
 );
+INSERT INTO broker.segments VALUES (0, true, 0), (1, false, 0), (2, false, 0), (3, false, 0);
 
 CREATE TYPE broker.message AS (
     id              bigint,
@@ -165,9 +122,8 @@ SELECT pg_catalog.pg_extension_config_dump('broker.queue_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.message_id_seq', '');
 
 -- Only the broker's functions touch the tables; they run as the extension
--- owner (SECURITY DEFINER) with search_path pinned to pg_catalog, pg_temp,
--- and every name in the statements they run is schema-qualified, functions,
--- aggregates and operators included, so no search_path can redirect them.
+-- owner (SECURITY DEFINER) and every statement they run is fully schema
+-- qualified, operators included, so search_path cannot redirect them.
 REVOKE ALL ON broker.queue_defs, broker.messages, broker.messages_0,
               broker.messages_1, broker.messages_2, broker.messages_3,
               broker.segments FROM PUBLIC;
@@ -187,20 +143,17 @@ CREATE FUNCTION broker.create_queue(
     if_not_exists boolean DEFAULT false)
 RETURNS void
 AS 'MODULE_PATHNAME', 'broker_create_queue'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
 CREATE FUNCTION broker.drop_queue(queue text, if_exists boolean DEFAULT false)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'broker_drop_queue'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
 CREATE FUNCTION broker.purge_queue(queue text)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'broker_purge_queue'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
 -- Producing ----------------------------------------------------------------
 
@@ -212,8 +165,7 @@ CREATE FUNCTION broker.enqueue(
     headers jsonb DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'broker_enqueue'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
 CREATE FUNCTION broker.enqueue_batch(
     queue text,
@@ -223,8 +175,7 @@ CREATE FUNCTION broker.enqueue_batch(
     headers jsonb DEFAULT NULL)
 RETURNS SETOF bigint
 AS 'MODULE_PATHNAME', 'broker_enqueue_batch'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 100
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 100;
 
 -- Consuming ----------------------------------------------------------------
 
@@ -235,44 +186,29 @@ CREATE FUNCTION broker.dequeue(
     wait interval DEFAULT '0')
 RETURNS SETOF broker.message
 AS 'MODULE_PATHNAME', 'broker_dequeue'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 1
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 1;
 
 CREATE FUNCTION broker.delete(queue text, id bigint, receipt bigint DEFAULT NULL)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'broker_delete'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
-
--- The same, for calls whose arguments are untyped parameters or literals
--- (drivers, pgbench -M extended): PostgreSQL resolves an unknown argument
--- to text when a candidate takes text, so delete($1, $2) is this one, not
--- ambiguous between the two forms above and below.
-CREATE FUNCTION broker.delete(queue text, id text, receipt text DEFAULT NULL)
-RETURNS boolean
-AS 'MODULE_PATHNAME', 'broker_delete_text'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
 CREATE FUNCTION broker.delete(queue text, ids bigint[])
 RETURNS SETOF bigint
 AS 'MODULE_PATHNAME', 'broker_delete_many'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 10
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 10;
 
 CREATE FUNCTION broker.release(queue text, id bigint, receipt bigint,
                                delay interval DEFAULT '0')
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'broker_release'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
 CREATE FUNCTION broker.extend_lease(queue text, id bigint, receipt bigint,
                                     lease interval)
 RETURNS timestamptz
 AS 'MODULE_PATHNAME', 'broker_extend_lease'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
 -- Observing ----------------------------------------------------------------
 
@@ -282,22 +218,19 @@ RETURNS TABLE(queue text, ready bigint, leased bigint, delayed bigint,
               deleted_total bigint, expired_total bigint,
               dead_lettered_total bigint)
 AS 'MODULE_PATHNAME', 'broker_metrics'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
 CREATE FUNCTION broker.waiters(queue text DEFAULT NULL)
 RETURNS TABLE(queue text, waiting integer, wakeups bigint, empty_wakeups bigint,
               low_water_mark bigint, next_due timestamptz)
 AS 'MODULE_PATHNAME', 'broker_waiters'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
 CREATE FUNCTION broker._consumers()
 RETURNS TABLE(consumer text, queue_id integer, delivered bigint, deleted bigint,
               last_seen timestamptz)
 AS 'MODULE_PATHNAME', 'broker_consumers'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
 -- Per-consumer history since server start (shared memory, bounded by
 -- broker.max_consumers; see docs/api.md).
@@ -315,8 +248,7 @@ CREATE FUNCTION broker.maintain_segments()
 RETURNS TABLE(segment integer, current boolean, first_id bigint, drained boolean,
               bytes bigint)
 AS 'MODULE_PATHNAME', 'broker_maintain_segments'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
 -- Administration is not for everyone: the owner grants it.
 REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval,
@@ -334,8 +266,7 @@ REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval
 CREATE FUNCTION broker.reap(queue text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'broker_reap'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
 -- One row per running reaper (every database), or one row with NULL worker
 -- columns when there is none; "preloaded" tells whether the library is in

@@ -35,3 +35,28 @@ SELECT broker.drop_queue('app_q');
 SELECT broker.drop_queue('ext_q');
 REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean) FROM broker_app;
 DROP ROLE broker_app;
+
+-- an installation of an older version is refused by this library until it
+-- is updated; the update keeps what it holds
+DROP EXTENSION broker;
+CREATE EXTENSION broker VERSION '0.1.0';
+SELECT extversion FROM pg_extension WHERE extname = 'broker';
+SELECT regress.err($$SELECT broker.create_queue('old_q')$$);
+INSERT INTO broker.queue_defs (queue_id, name, lease, max_message_size)
+VALUES (1, 'old_q', '30 seconds', 4096);
+INSERT INTO broker.messages_0 (queue_id, id, vt, enqueued_at, payload)
+VALUES (1, 1, now(), now(), '{"from": "0.1.0"}');
+SELECT setval('broker.message_id_seq', 1);
+SELECT setval('broker.queue_id_seq', 1);
+ALTER EXTENSION broker UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'broker';
+SELECT payload FROM broker.dequeue('old_q');
+SELECT broker.enqueue('old_q', '{"after": "update"}') > 1 AS new_id;
+SELECT count(*) AS pinned FROM pg_proc p
+ WHERE p.pronamespace = 'broker'::regnamespace AND p.prosecdef
+   AND p.proconfig = '{"search_path=pg_catalog, pg_temp"}';
+SELECT count(*) AS unpinned FROM pg_proc p
+ WHERE p.pronamespace = 'broker'::regnamespace AND p.prosecdef
+   AND p.proconfig IS DISTINCT FROM '{"search_path=pg_catalog, pg_temp"}';
+DROP EXTENSION broker;
+CREATE EXTENSION broker;

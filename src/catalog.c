@@ -31,9 +31,12 @@
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/builtins.h"
+#include "utils/rel.h"
 #include "utils/syscache.h"
 
 #include "catalog.h"
+#include "util.h"
 
 #define MAX_RELS	32
 
@@ -118,9 +121,9 @@ member_relid(Oid nsp, Oid extoid, const char *relname)
 	return relid;
 }
 
-/* The schema recorded for the extension in pg_extension. */
+/* The schema and the version recorded for the extension in pg_extension. */
 static Oid
-extension_schema(Oid extoid)
+extension_schema(Oid extoid, char **version)
 {
 	Relation	rel;
 	SysScanDesc scan;
@@ -128,13 +131,22 @@ extension_schema(Oid extoid)
 	HeapTuple	tup;
 	Oid			nsp = InvalidOid;
 
+	*version = NULL;
 	rel = table_open(ExtensionRelationId, AccessShareLock);
 	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber,
 				F_OIDEQ, ObjectIdGetDatum(extoid));
 	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
 	tup = systable_getnext(scan);
 	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
 		nsp = ((Form_pg_extension) GETSTRUCT(tup))->extnamespace;
+		if (!isnull)
+			*version = TextDatumGetCString(d);
+	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
 	return nsp;
@@ -186,6 +198,7 @@ BrokerFindRels(bool missing_ok)
 	{
 		Oid			extoid = get_extension_oid("broker", true);
 		Oid			nsp;
+		char	   *version;
 
 		if (!OidIsValid(extoid))
 		{
@@ -196,10 +209,16 @@ BrokerFindRels(bool missing_ok)
 					 errmsg("extension \"broker\" is not installed in this database"),
 					 errhint("Run CREATE EXTENSION broker in this database.")));
 		}
-		nsp = extension_schema(extoid);
+		nsp = extension_schema(extoid, &version);
 		if (!OidIsValid(nsp) || get_namespace_oid("broker", true) != nsp ||
 			!superuser_arg(namespace_owner(nsp)))
 			tampered("schema \"broker\"");
+		if (version == NULL || strcmp(version, BROKER_LIBRARY_VERSION) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("extension \"broker\" is at version %s, the library loaded is %s",
+							version ? version : "?", BROKER_LIBRARY_VERSION),
+					 errhint("Run ALTER EXTENSION broker UPDATE in this database.")));
 		rels.extension = extoid;
 		extension_nsp = nsp;
 		nresolved = 0;

@@ -15,7 +15,7 @@
 #include "fmgr.h"
 
 /* The version compiled into the library (broker.health() reports it). */
-#define BROKER_LIBRARY_VERSION	"0.1.0"
+#define BROKER_LIBRARY_VERSION	"0.2.0"
 
 #define BROKER_QUEUE_NAME_MAX	48
 #define BROKER_MAX_MESSAGE_SIZE_LIMIT	1048576

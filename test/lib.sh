@@ -3,7 +3,10 @@
 # runs throw-away clusters.  Source it; it defines functions only.
 
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-SYSTEM_PGBIN=$PGBIN
+# The system's server, which private installations are made from (kept
+# across scripts that call each other after one chose a private one).
+SYSTEM_PGBIN=${SYSTEM_PGBIN:-$PGBIN}
+export SYSTEM_PGBIN
 export PATH="$PGBIN:$PATH"
 
 log() { printf '\n== %s\n' "$*" >&2; }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every test: install what is missing, build with -Wall -Wextra -Werror,
-# install, then run pg_regress, the isolation specs and the TAP tests (each
-# on temporary instances they start themselves), and a short simulator run.
+# install into a private installation, then run pg_regress, the isolation
+# specs and the TAP tests (each on temporary instances they start
+# themselves), short simulator runs, and a short run of the hostile-input
+# generator (test/fuzz).
 # Ends with one line "N passed, M failed"; exits non-zero on any failure.
 # Usage: bash test/run_all.sh
 set -uo pipefail
@@ -69,6 +71,13 @@ if sim=$(build_sim "$tree"); then
     stop_cluster
 else
     echo "simulator build ... FAILED"; failed=$((failed + 1))
+fi
+
+log "hostile-input generator (45 s)"
+if bash "$here/test/fuzz/run.sh" --seconds 45 --built "$tree" 2>&1 | tee "$out" | tail -25; then
+    echo "hostile-input generator ... ok"; passed=$((passed + 1))
+else
+    echo "hostile-input generator ... FAILED"; failed=$((failed + 1))
 fi
 
 rm -f "$out"
