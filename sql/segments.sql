@@ -70,4 +70,33 @@ SELECT broker.delete('sg', s.id, s.receipt) AS deleted_with_its_receipt FROM stu
 SELECT total FROM broker.metrics('sg');
 
 SELECT broker.drop_queue('sg');
+
+-- expiry removes the expired messages of every segment and nothing else
+-- (the expiry statement names its segment twice)
+SELECT broker.create_queue('sg_live');
+SELECT broker.create_queue('sg_ttl');
+SELECT broker.create_queue('sg_fill');
+DO $$
+BEGIN
+    FOR i IN 1 .. 4 LOOP
+        -- at other places in each segment: i live, two expiring, 4 - i live
+        PERFORM broker.enqueue('sg_live', jsonb_build_object('seg', i)) FROM generate_series(1, i);
+        PERFORM broker.enqueue('sg_ttl', jsonb_build_object('seg', i), ttl => '1 millisecond') FROM generate_series(1, 2);
+        PERFORM broker.enqueue('sg_live', jsonb_build_object('seg', i)) FROM generate_series(i + 1, 4);
+        IF i < 4 THEN
+            PERFORM broker.enqueue_batch('sg_fill', (SELECT array_agg(jsonb_build_object('f', g)) FROM generate_series(1, 110) g));
+            PERFORM broker.purge_queue('sg_fill');
+            PERFORM broker.maintain_segments();
+            PERFORM broker.maintain_segments();
+        END IF;
+    END LOOP;
+END $$;
+-- four live and two expiring messages in each of the four segments
+SELECT * FROM pg_temp.rows();
+SELECT regress.wait_expired('sg_ttl');
+SELECT broker.reap() AS expired;
+SELECT * FROM pg_temp.rows();
+SELECT queue, total, expired_total FROM broker.metrics() WHERE queue IN ('sg_live', 'sg_ttl') ORDER BY queue;
+SELECT count(*) AS live_left FROM broker.dequeue('sg_live', 100);
+SELECT broker.drop_queue(q) FROM unnest(ARRAY['sg_live', 'sg_ttl', 'sg_fill']) q;
 RESET broker.segment_size;

@@ -17,6 +17,7 @@
  */
 #include "postgres.h"
 
+#include "lib/stringinfo.h"
 #include "optimizer/cost.h"
 
 #include "catalog.h"
@@ -42,6 +43,31 @@ BrokerSPIFinish(void)
 		elog(ERROR, "broker: SPI_finish failed: %s", SPI_result_code_string(rc));
 }
 
+/*
+ * The text of a statement's variant: every "%d" in it replaced by the
+ * variant's number (a statement may name its segment more than once, as
+ * the expiry statement does; a format string with one argument would
+ * leave the second name to chance).
+ */
+static char *
+stmt_text(const char *sql, int variant)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (const char *p = sql; *p != '\0'; p++)
+	{
+		if (p[0] == '%' && p[1] == 'd')
+		{
+			appendStringInfo(&buf, "%d", variant);
+			p++;
+		}
+		else
+			appendStringInfoChar(&buf, *p);
+	}
+	return buf.data;
+}
+
 /* The kept plan of a statement (variant -1: no variants). */
 static pg_noinline SPIPlanPtr
 stmt_plan(BrokerStmt *stmt, int variant)
@@ -56,7 +82,7 @@ stmt_plan(BrokerStmt *stmt, int variant)
 	if (stmt->plans[slot] != NULL)
 		return stmt->plans[slot];
 
-	text = variant < 0 ? (char *) stmt->sql : psprintf(stmt->sql, variant);
+	text = variant < 0 ? (char *) stmt->sql : stmt_text(stmt->sql, variant);
 
 	/*
 	 * The generic plan, but for the few statements that need their
