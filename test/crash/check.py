@@ -9,7 +9,8 @@ that dequeue no longer finds).  It
  2. checks the gauges: per queue, broker.metrics()' ready, leased, delayed
     and total equal the counts of the rows in broker.messages (total also
     counts exhausted messages, those at max_deliveries that a dequeue has
-    not dead-lettered yet);
+    not dead-lettered yet); and the low-water marks: no live message has
+    an id below its queue's mark (broker.waiters()), or it is *stuck*;
  3. reads every row of the queues;
  4. drains every queue with dequeue (deleting what it takes), round after
     round until nothing comes back, and then finds nothing left: no row,
@@ -36,11 +37,14 @@ that dequeue no longer finds).  It
             nor its dead-letter queue.
 Prints the figures and the line
   crash loop: N crashes, M messages checked, L lost, B back, D double, S stuck, G gauge mismatches
-and exits 1 on any violation.  --gauges-only does step 2 alone (it can run
-under load); --redrain drains once more, e.g. after a restart, and says how
-many messages came back (those a previous run found stuck).
+and exits 1 on any violation.  --probe does step 2 alone (it can run under
+load, e.g. before each crash) and appends what it finds to
+<logdir>/probe.jsonl, which the final check counts in; --redrain drains once
+more, e.g. after a restart, and says what came back.
 
 Usage: check.py --logdir DIR [--crashes N] [--dsn DSN]
+       check.py --probe [--logdir DIR]
+       check.py --redrain [--logdir DIR]
 """
 
 import argparse
@@ -53,6 +57,7 @@ from collections import defaultdict
 
 import psycopg
 
+sys.dont_write_bytecode = True          # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from load import QUEUES  # noqa: E402
 
@@ -156,6 +161,39 @@ def check_gauges(conn, defs, tries=3):
     return bad
 
 
+def below_lwm(conn, names):
+    """Messages below their queue's low-water mark; returns (queue, id, text).
+
+    No live message may have an id below the mark (docs/design.md, the
+    low-water mark); dequeue scans from it, so such a message is stuck
+    until a restart resets the marks.  The marks are read first, the rows
+    with a later snapshot, so a message deleted meanwhile is not seen."""
+    marks = lwm(conn, names)
+    rows = conn.execute(
+        ROWS + " AND m.id < (SELECT w.low_water_mark FROM broker.waiters(d.name) w)"
+        " AND (m.expires_at IS NULL OR m.expires_at > clock_timestamp())",
+        (names,)).fetchall()
+    return [(q, i, f'{q} id {i} key {k}: below the low-water mark {marks.get(q)}'
+             f' (delivery_count {dc}, in {seg})')
+            for q, i, k, dc, vt, exp, rcpt, seg in rows if i < (marks.get(q) or 0)]
+
+
+def probe(conn, defs, logdir):
+    """Checks the gauges and the low-water marks (under load too); appends
+    what it finds to logdir/probe.jsonl, for the final check."""
+    found = [{'kind': 'gauges', 'msg': b} for b in check_gauges(conn, defs)]
+    found += [{'kind': 'stuck', 'q': q, 'id': i, 'msg': m}
+              for q, i, m in below_lwm(conn, list(defs))]
+    if logdir and found:
+        with open(os.path.join(logdir, 'probe.jsonl'), 'a') as f:
+            for r in found:
+                r['t'] = time.time()
+                f.write(json.dumps(r) + '\n')
+            f.flush()
+            os.fsync(f.fileno())
+    return found
+
+
 def drain(conn, names, dlqs, out):
     """Dequeues and deletes everything, sources before dead-letter queues,
     until a whole round returns nothing; appends delivery records to out."""
@@ -206,6 +244,8 @@ def read_logs(logdir):
     """Every record of every client log of logdir."""
     recs = []
     for path in sorted(glob.glob(os.path.join(logdir, '*.jsonl'))):
+        if os.path.basename(path) == 'probe.jsonl':
+            continue
         with open(path) as f:
             for line in f:
                 line = line.strip()
@@ -227,7 +267,7 @@ def main():
     ap.add_argument('--logdir')
     ap.add_argument('--crashes', type=int, default=0)
     ap.add_argument('--quiet-timeout', type=float, default=60)
-    ap.add_argument('--gauges-only', action='store_true')
+    ap.add_argument('--probe', action='store_true')
     ap.add_argument('--redrain', action='store_true')
     a = ap.parse_args()
 
@@ -236,12 +276,11 @@ def main():
     names = sorted(defs)
     dlqs = {d[1] for d in defs.values() if d[1]}
 
-    if a.gauges_only:
-        bad = check_gauges(conn, defs)
-        for b in bad:
-            print('gauges: ' + b)
-        print(f'gauges: {len(bad)} mismatches')
-        return 1 if bad else 0
+    if a.probe:
+        found = probe(conn, defs, a.logdir)
+        for r in found:
+            print(f"{r['kind']}: {r['msg']}")
+        return 1 if found else 0
 
     if a.redrain:
         wait_quiet(conn, names, a.quiet_timeout)
@@ -259,12 +298,28 @@ def main():
     recs = read_logs(a.logdir)
     violations = defaultdict(list)
 
-    # 1, 2: quiet, then gauges
+    # what the probes during the run found
+    probed = set()
+    path = os.path.join(a.logdir, 'probe.jsonl')
+    if os.path.exists(path):
+        with open(path) as f:
+            for r in map(json.loads, f):
+                if r['kind'] == 'stuck':
+                    if (r['q'], r['id']) in probed:
+                        continue
+                    probed.add((r['q'], r['id']))
+                violations[r['kind']].append('during the run: ' + r['msg'])
+
+    # 1, 2: quiet, then gauges and low-water marks
     if not wait_quiet(conn, names, a.quiet_timeout):
         violations['stuck'].append(
             f'messages still leased or delayed after {a.quiet_timeout:.0f} s')
     for b in check_gauges(conn, defs):
         violations['gauges'].append('before the drain: ' + b)
+    for q, i, m in below_lwm(conn, names):
+        if (q, i) not in probed:
+            probed.add((q, i))
+            violations['stuck'].append(m)
 
     # 3: every row
     rows = conn.execute(ROWS, (names,)).fetchall()
@@ -283,19 +338,20 @@ def main():
     left = conn.execute(ROWS + " AND (m.expires_at IS NULL OR m.expires_at > clock_timestamp())",
                         (names,)).fetchall()
     got = {(r['q'], r['id']) for r in drained if r['op'] == 'dlv'}
+    reported = set(probed)
     for q, i, k, dc, vt, exp, rcpt, seg in ready_before.values():
-        if (q, i) not in got and (exp is None or exp > t_drained):
+        if (q, i) not in got and (exp is None or exp > t_drained) and (q, i) not in reported:
+            reported.add((q, i))
             violations['stuck'].append(
                 f'{q} id {i} key {k}: ready (delivery_count {dc}) but not returned by dequeue;'
                 f' in {seg}, low-water mark {marks.get(q)}')
-    stuck_ids = {(q, i) for q, i, *_ in ready_before.values()}
+    listed = defaultdict(int)            # queue -> reported messages left
     for q, i, k, dc, vt, exp, rcpt, seg in left:
-        if (q, i) not in stuck_ids:
+        if (q, i) not in reported:
+            reported.add((q, i))
             violations['stuck'].append(f'{q} id {i} key {k}: left after the drain'
                                        f' (delivery_count {dc}, in {seg})')
-    listed = defaultdict(int)
-    for v in violations['stuck']:
-        listed[v.split()[0]] += 1
+        listed[q] += 1
     for q, ready, total in conn.execute(
             "SELECT queue, ready, total FROM broker.metrics() WHERE queue = ANY (%s)",
             (names,)).fetchall():
@@ -434,6 +490,9 @@ def main():
           f" ({doubt['ext'] + doubt['rel']} in doubt)")
     print(f"in-doubt operations:   {sum(doubt.values())}")
     print(f"rows before the drain: {len(rows)}, drained {ndrained}")
+    stale = sum(1 for row in rows if row[5] is not None and row[5] < t_read - 10)
+    print(f"expired over 10 s ago, still on disk: {stale}"
+          + (' (the reaper does not remove them)' if stale else ''))
     for kind in ('lost', 'back', 'double', 'stuck', 'gauges', 'other'):
         for v in violations[kind][:50]:
             print(f'{kind}: {v}')

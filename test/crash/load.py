@@ -29,6 +29,7 @@ delay.  Consumers come in four roles, by their number:
 
 Usage: load.py --setup                  create the queues
        load.py --logdir DIR [--producers 3] [--consumers 4] [--seconds S]
+                    [--long-delays A-B]
 Connection: --dsn, else the PG* environment variables.
 """
 
@@ -105,6 +106,7 @@ class Client:
     def connect(self):
         """Connects, retrying while the server is down or recovering."""
         while not self.stop.is_set():
+            self.conn = None
             try:
                 self.conn = psycopg.connect(
                     self.dsn, connect_timeout=5, application_name=self.name,
@@ -114,7 +116,7 @@ class Client:
                 self.conn.commit()
                 return True
             except psycopg.Error:
-                self.conn = None
+                self.recover()
                 time.sleep(0.2 + self.rnd.random() * 0.3)
         return False
 
@@ -171,6 +173,10 @@ class Client:
 class Producer(Client):
     """Enqueues single messages and batches, some with a ttl or a delay."""
 
+    def __init__(self, *args, long_delays):
+        super().__init__(*args)
+        self.long_delays = long_delays
+
     def step(self):
         r = self.rnd
         q = r.choice(PRODUCE_TO)
@@ -179,7 +185,7 @@ class Producer(Client):
         x = r.random()
         # long delays outlive a turn of the segments: moved at rotation
         delay = round(r.uniform(0.1, 2), 2) if x < 0.1 else \
-            round(r.uniform(5, 15), 2) if x < 0.15 else None
+            round(r.uniform(*self.long_delays), 2) if x < 0.15 else None
         keys = [f'{self.run}:{self.name}-{self.seq + i}' for i in range(n)]
         self.seq += n
         payloads = [json.dumps({'k': k}) for k in keys]
@@ -332,14 +338,14 @@ class Consumer(Client):
             time.sleep(0.05)
 
 
-def work(kind, name, dsn, logdir, stop, run, role=None):
+def work(kind, name, dsn, logdir, stop, run, arg):
     """Body of one worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if kind == 'p':
-        c = Producer(name, dsn, logdir, stop, run)
+        c = Producer(name, dsn, logdir, stop, run, long_delays=arg)
     else:
-        c = Consumer(name, dsn, logdir, stop, run, role=role)
+        c = Consumer(name, dsn, logdir, stop, run, role=arg)
     c.loop()
     print(f'{name}: ' + ', '.join(f'{k} {v}' for k, v in sorted(c.stats.items())),
           file=sys.stderr)
@@ -353,7 +359,10 @@ def main():
     ap.add_argument('--producers', type=int, default=3)
     ap.add_argument('--consumers', type=int, default=4)
     ap.add_argument('--seconds', type=float, default=0, help='0: until SIGTERM')
+    ap.add_argument('--long-delays', default='5-15', metavar='A-B',
+                    help='the range of the long delays, in seconds')
     a = ap.parse_args()
+    long_delays = tuple(float(x) for x in a.long_delays.split('-'))
     if a.setup:
         setup(a.dsn)
         return 0
@@ -364,11 +373,12 @@ def main():
     stop = mp.Event()
     procs = []
     for i in range(a.producers):
-        procs.append(mp.Process(target=work, args=('p', f'p{i}', a.dsn, a.logdir, stop, run)))
+        procs.append(mp.Process(target=work, args=('p', f'p{i}', a.dsn, a.logdir, stop, run,
+                                                   long_delays)))
     for i in range(a.consumers):
         role = ROLES[i % len(ROLES)]
         procs.append(mp.Process(target=work, args=('c', f'c{i}-{role}', a.dsn, a.logdir,
-                                                   stop, run), kwargs={'role': role}))
+                                                   stop, run, role)))
     # The handler only sets a flag: setting the Event there could deadlock
     # on the Event's lock if the signal came while this process held it.
     signalled = []

@@ -4,15 +4,17 @@
 # enqueue_batch, ttl and delay; consumers that delete in the dequeuing
 # transaction or later with the receipt, extend, release, or leave leases
 # to run out) on queues with short leases, a dead-letter queue and a
-# default ttl, with broker.segment_size = 500 so that segments rotate.
+# default ttl, with broker.segment_size = 200 so that segments rotate.
 # Meanwhile the server is crashed five times: three kill -9 of the
 # postmaster (and of every process left of it) followed by a start, one
 # kill -9 of a client backend in broker.dequeue and one of a broker
 # background worker (after which the postmaster restarts every backend).
-# Then test/crash/check.py proves from the clients' logs that no committed
-# message was lost, no deleted one came back, no message was held under
-# two valid leases, no ready message is stuck and the gauges of
-# broker.metrics() match the rows.
+# Before each crash, and twice after the last one, check.py --probe checks
+# under load that the gauges match the rows and that no message is below
+# its queue's low-water mark.  Then test/crash/check.py proves from the
+# clients' logs that no committed message was lost, no deleted one came
+# back, no message was held under two valid leases, no ready message is
+# stuck and the gauges of broker.metrics() match the rows.
 #
 # Needs /usr/bin/python3 with psycopg 3 (Debian: python3-psycopg); skipped
 # without it.
@@ -40,10 +42,12 @@ $node->init;
 $node->append_conf(
 	'postgresql.conf', q{
 shared_preload_libraries = 'broker'
-broker.segment_size = 500
+broker.segment_size = 200
 broker.reaper_interval = 100ms
 restart_after_crash = on
-fsync = on
+# Only processes are killed: what was written survives in the page cache,
+# and recovery is faster without fsync.
+fsync = off
 synchronous_commit = on
 log_statement = none
 max_connections = 40
@@ -112,7 +116,7 @@ sub crash_postmaster
 		usleep(50_000);
 	}
 	$node->start;
-	return 'the postmaster';
+	return 'postmaster';
 }
 
 # kill -9 of the first process that $sql names (retried for a while).
@@ -130,16 +134,32 @@ sub crash_one
 	return "$what $pid";
 }
 
+# check.py --probe: the gauges and the low-water marks, under load; what
+# it finds goes to $logdir/probe.jsonl and into the final check.
+sub probe
+{
+	my ($when) = @_;
+	my ($out, $err) = ('', '');
+	IPC::Run::run(
+		[ $python, "$dir/check.py", '--probe', '--dsn', $dsn, '--logdir', $logdir ],
+		'>', \$out, '2>', \$err)
+	  or diag "probe $when:\n$out$err";
+}
+
 my ($load_out, $load_err) = ('', '');
 my $load = IPC::Run::start(
-	[ $python, "$dir/load.py", '--dsn', $dsn, '--logdir', $logdir ],
+	[
+		$python, "$dir/load.py", '--dsn', $dsn, '--logdir', $logdir,
+		'--long-delays', '2-6'
+	],
 	'<', \undef, '>', \$load_out, '2>', \$load_err);
 sleep 3;
 
 my @crashes = qw(postmaster backend postmaster worker postmaster);
 for my $kind (@crashes)
 {
-	usleep(2_000_000 + int(rand(2_000_000)));
+	usleep(1_000_000 + int(rand(1_000_000)));
+	probe("before the $kind crash");
 	my $gen = generation();
 	my $what =
 	    $kind eq 'postmaster' ? crash_postmaster()
@@ -159,7 +179,11 @@ ok( $node->log_contains('was terminated by signal 9: Killed'),
 	'the postmaster saw the killed backend and worker');
 
 # Load without crashes, so that what a restart would hide can show.
-sleep 8;
+for (1 .. 2)
+{
+	sleep 2;
+	probe('after the last crash');
+}
 $load->signal('TERM');
 $load->finish;
 note $load_err;
