@@ -37,3 +37,198 @@ SET search_path = pg_catalog, pg_temp;
 -- broker.segments is no longer filled by the install script (a dump of it
 -- restored into a new installation met a duplicate key); the rows a 0.1.0
 -- installation has stay valid.
+
+-- Routing (issue #9): ordered groups, priorities, deduplication, topics ------
+
+ALTER TABLE broker.queue_defs
+    ADD COLUMN dedup_window interval NOT NULL DEFAULT '5 minutes'
+        CHECK (dedup_window OPERATOR(pg_catalog.>) '0'::interval);
+
+ALTER TABLE broker.messages_0 ADD COLUMN group_key text,
+    ADD COLUMN priority smallint NOT NULL DEFAULT 0
+        CHECK (priority OPERATOR(pg_catalog.>=) 0 AND priority OPERATOR(pg_catalog.<=) 9);
+ALTER TABLE broker.messages_1 ADD COLUMN group_key text,
+    ADD COLUMN priority smallint NOT NULL DEFAULT 0
+        CHECK (priority OPERATOR(pg_catalog.>=) 0 AND priority OPERATOR(pg_catalog.<=) 9);
+ALTER TABLE broker.messages_2 ADD COLUMN group_key text,
+    ADD COLUMN priority smallint NOT NULL DEFAULT 0
+        CHECK (priority OPERATOR(pg_catalog.>=) 0 AND priority OPERATOR(pg_catalog.<=) 9);
+ALTER TABLE broker.messages_3 ADD COLUMN group_key text,
+    ADD COLUMN priority smallint NOT NULL DEFAULT 0
+        CHECK (priority OPERATOR(pg_catalog.>=) 0 AND priority OPERATOR(pg_catalog.<=) 9);
+
+CREATE INDEX messages_0_priority ON broker.messages_0 (queue_id, priority, id) WHERE priority OPERATOR(pg_catalog.>) 0;
+CREATE INDEX messages_1_priority ON broker.messages_1 (queue_id, priority, id) WHERE priority OPERATOR(pg_catalog.>) 0;
+CREATE INDEX messages_2_priority ON broker.messages_2 (queue_id, priority, id) WHERE priority OPERATOR(pg_catalog.>) 0;
+CREATE INDEX messages_3_priority ON broker.messages_3 (queue_id, priority, id) WHERE priority OPERATOR(pg_catalog.>) 0;
+CREATE INDEX messages_0_group ON broker.messages_0 (queue_id, group_key, id) WHERE group_key IS NOT NULL;
+CREATE INDEX messages_1_group ON broker.messages_1 (queue_id, group_key, id) WHERE group_key IS NOT NULL;
+CREATE INDEX messages_2_group ON broker.messages_2 (queue_id, group_key, id) WHERE group_key IS NOT NULL;
+CREATE INDEX messages_3_group ON broker.messages_3 (queue_id, group_key, id) WHERE group_key IS NOT NULL;
+
+-- the view takes the new columns
+CREATE OR REPLACE VIEW broker.messages AS
+          SELECT * FROM broker.messages_0
+UNION ALL SELECT * FROM broker.messages_1
+UNION ALL SELECT * FROM broker.messages_2
+UNION ALL SELECT * FROM broker.messages_3;
+
+CREATE TABLE broker.dedup_0 (
+    queue_id     integer     NOT NULL,
+    dedup_key    text        NOT NULL,
+    id           bigint      NOT NULL,
+    enqueued_at  timestamptz NOT NULL,
+    PRIMARY KEY (queue_id, dedup_key)
+);
+CREATE TABLE broker.dedup_1 (LIKE broker.dedup_0 INCLUDING ALL);
+
+CREATE TABLE broker.subscription_defs (
+    queue_id  integer NOT NULL,
+    pattern   text    NOT NULL,
+    PRIMARY KEY (queue_id, pattern)
+);
+
+CREATE VIEW broker.subscriptions AS
+    SELECT q.name AS queue, s.pattern
+      FROM broker.subscription_defs s
+      JOIN broker.queue_defs q ON q.queue_id OPERATOR(pg_catalog.=) s.queue_id;
+
+CREATE OR REPLACE VIEW broker.queues AS
+    SELECT q.name           AS queue,
+           q.lease,
+           q.max_message_size,
+           q.default_ttl,
+           q.max_deliveries,
+           d.name           AS dead_letter_queue,
+           q.created_at,
+           q.dedup_window
+      FROM broker.queue_defs q
+      LEFT JOIN broker.queue_defs d
+        ON d.queue_id OPERATOR(pg_catalog.=) q.dead_letter_id
+     WHERE q.kind OPERATOR(pg_catalog.=) 'q';
+
+SELECT pg_catalog.pg_extension_config_dump('broker.dedup_0', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.dedup_1', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.subscription_defs', '');
+REVOKE ALL ON broker.dedup_0, broker.dedup_1, broker.subscription_defs FROM PUBLIC;
+GRANT SELECT ON broker.subscriptions TO PUBLIC;
+
+-- The new arguments come after the old ones, so every existing call works.
+-- A function cannot gain arguments in place: each is dropped and created
+-- again, and the privileges granted on the old one are carried over to
+-- the new one exactly (a producer role keeps EXECUTE on enqueue; a
+-- REVOKE from PUBLIC stays in force).
+CREATE FUNCTION broker.upgrade_keep_acl(old_acl aclitem[], fn regprocedure)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    g record;
+BEGIN
+    IF old_acl IS NULL THEN
+        RETURN;                 -- the old one had the default privileges
+    END IF;
+    EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
+    FOR g IN SELECT a.grantee, a.is_grantable
+               FROM pg_catalog.aclexplode(old_acl) a
+              WHERE a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %s%s', fn,
+            CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                 ELSE g.grantee::regrole::text END,  -- regrole's text is quoted
+            CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+END
+$fn$;
+
+CREATE TEMPORARY TABLE broker_upgrade_acl ON COMMIT DROP AS
+    SELECT p.proname::text AS name, p.proacl AS acl
+      FROM pg_catalog.pg_proc p
+     WHERE p.oid OPERATOR(pg_catalog.=) ANY (ARRAY[
+           'broker.create_queue(text, interval, integer, interval, integer, text, boolean)'::pg_catalog.regprocedure,
+           'broker.enqueue(text, jsonb, interval, interval, jsonb)'::pg_catalog.regprocedure,
+           'broker.enqueue_batch(text, jsonb[], interval, interval, jsonb)'::pg_catalog.regprocedure]);
+
+DROP FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean);
+CREATE FUNCTION broker.create_queue(
+    queue text,
+    lease interval DEFAULT '30 seconds',
+    max_message_size integer DEFAULT 4096,
+    default_ttl interval DEFAULT NULL,
+    max_deliveries integer DEFAULT NULL,
+    dead_letter_queue text DEFAULT NULL,
+    if_not_exists boolean DEFAULT false,
+    dedup_window interval DEFAULT '5 minutes')
+RETURNS void
+AS 'MODULE_PATHNAME', 'broker_create_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+DROP FUNCTION broker.enqueue(text, jsonb, interval, interval, jsonb);
+CREATE FUNCTION broker.enqueue(
+    queue text,
+    payload jsonb,
+    delay interval DEFAULT '0',
+    ttl interval DEFAULT NULL,
+    headers jsonb DEFAULT NULL,
+    group_key text DEFAULT NULL,
+    dedup_key text DEFAULT NULL,
+    priority integer DEFAULT 0)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'broker_enqueue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+DROP FUNCTION broker.enqueue_batch(text, jsonb[], interval, interval, jsonb);
+CREATE FUNCTION broker.enqueue_batch(
+    queue text,
+    payloads jsonb[],
+    delay interval DEFAULT '0',
+    ttl interval DEFAULT NULL,
+    headers jsonb DEFAULT NULL,
+    group_keys text[] DEFAULT NULL,
+    dedup_keys text[] DEFAULT NULL,
+    priority integer DEFAULT 0)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'broker_enqueue_batch'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 100
+SET search_path = pg_catalog, pg_temp;
+
+REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval,
+                                               integer, text, boolean, interval) FROM PUBLIC;
+SELECT broker.upgrade_keep_acl(a.acl, CASE a.name
+           WHEN 'create_queue' THEN 'broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval)'::pg_catalog.regprocedure
+           WHEN 'enqueue' THEN 'broker.enqueue(text, jsonb, interval, interval, jsonb, text, text, integer)'::pg_catalog.regprocedure
+           WHEN 'enqueue_batch' THEN 'broker.enqueue_batch(text, jsonb[], interval, interval, jsonb, text[], text[], integer)'::pg_catalog.regprocedure
+       END)
+  FROM pg_temp.broker_upgrade_acl a;
+DROP FUNCTION broker.upgrade_keep_acl(aclitem[], regprocedure);
+DROP TABLE pg_temp.broker_upgrade_acl;
+
+CREATE FUNCTION broker.subscribe(queue text, pattern text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'broker_subscribe'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION broker.unsubscribe(queue text, pattern text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'broker_unsubscribe'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION broker.publish(
+    topic text,
+    payload jsonb,
+    delay interval DEFAULT '0',
+    ttl interval DEFAULT NULL,
+    headers jsonb DEFAULT NULL,
+    group_key text DEFAULT NULL,
+    dedup_key text DEFAULT NULL,
+    priority integer DEFAULT 0)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'broker_publish'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+REVOKE EXECUTE ON FUNCTION broker.subscribe(text, text),
+                           broker.unsubscribe(text, text)
+    FROM PUBLIC;

@@ -61,6 +61,9 @@ CREATE TABLE broker.queue_defs (
     -- foreign key here would make pg_dump warn about a circular reference).
     dead_letter_id    integer,
     created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- how long an accepted dedup key is remembered
+    dedup_window      interval NOT NULL DEFAULT '5 minutes'
+                      CHECK (dedup_window OPERATOR(pg_catalog.>) '0'::interval),
     CHECK (dead_letter_id OPERATOR(pg_catalog.<>) queue_id)
 );
 
@@ -91,6 +94,9 @@ CREATE TABLE broker.messages_0 (
     receipt         bigint,                  -- NULL until delivered, or after release
     payload         jsonb       NOT NULL,
     headers         jsonb,
+    group_key       text,                    -- ordered group, or NULL
+    priority        smallint    NOT NULL DEFAULT 0
+                    CHECK (priority OPERATOR(pg_catalog.>=) 0 AND priority OPERATOR(pg_catalog.<=) 9),
     PRIMARY KEY (queue_id, id)
 ) WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.01,
         autovacuum_vacuum_insert_scale_factor = 0.01);
@@ -112,8 +118,26 @@ CREATE INDEX messages_1_expiry ON broker.messages_1 (expires_at) WHERE expires_a
 CREATE INDEX messages_2_expiry ON broker.messages_2 (expires_at) WHERE expires_at IS NOT NULL;
 CREATE INDEX messages_3_expiry ON broker.messages_3 (expires_at) WHERE expires_at IS NOT NULL;
 
--- Every message, whatever its segment (for reading: metrics, the
--- low-water mark probe, operators).
+-- Messages of a priority above 0, per queue and priority in id order: a
+-- dequeue takes the highest priority first from that priority's low-water
+-- mark.  Partial, so a queue that uses no priority pays nothing for it.
+CREATE INDEX messages_0_priority ON broker.messages_0 (queue_id, priority, id) WHERE priority OPERATOR(pg_catalog.>) 0;
+CREATE INDEX messages_1_priority ON broker.messages_1 (queue_id, priority, id) WHERE priority OPERATOR(pg_catalog.>) 0;
+CREATE INDEX messages_2_priority ON broker.messages_2 (queue_id, priority, id) WHERE priority OPERATOR(pg_catalog.>) 0;
+CREATE INDEX messages_3_priority ON broker.messages_3 (queue_id, priority, id) WHERE priority OPERATOR(pg_catalog.>) 0;
+
+-- Messages of ordered groups, per queue and group in id order: a group's
+-- head (the one message of the group that may be delivered) has the queue's
+-- id, the others wait behind it with the queue id negated (so dequeue never
+-- scans them); this finds the head, and the next one when the head leaves.
+CREATE INDEX messages_0_group ON broker.messages_0 (queue_id, group_key, id) WHERE group_key IS NOT NULL;
+CREATE INDEX messages_1_group ON broker.messages_1 (queue_id, group_key, id) WHERE group_key IS NOT NULL;
+CREATE INDEX messages_2_group ON broker.messages_2 (queue_id, group_key, id) WHERE group_key IS NOT NULL;
+CREATE INDEX messages_3_group ON broker.messages_3 (queue_id, group_key, id) WHERE group_key IS NOT NULL;
+
+-- Every message, whatever its segment (for reading: metrics, operators).
+-- A message waiting behind its ordered group's head shows its queue's id
+-- negated.
 CREATE VIEW broker.messages AS
           SELECT * FROM broker.messages_0
 UNION ALL SELECT * FROM broker.messages_1
@@ -129,6 +153,34 @@ CREATE TABLE broker.segments (
     current   boolean NOT NULL,
     first_id  bigint  NOT NULL
 );
+
+-- Deduplication keys a queue accepted, with the id of the message each
+-- one came with: two tables, one taking new keys while the other only
+-- answers lookups; the background worker empties the older one with
+-- TRUNCATE once every key in it is older than its queue's dedup_window,
+-- and it takes the new keys next (space back whatever snapshot is held,
+-- as with the message segments).
+CREATE TABLE broker.dedup_0 (
+    queue_id     integer     NOT NULL,
+    dedup_key    text        NOT NULL,
+    id           bigint      NOT NULL,
+    enqueued_at  timestamptz NOT NULL,
+    PRIMARY KEY (queue_id, dedup_key)
+);
+CREATE TABLE broker.dedup_1 (LIKE broker.dedup_0 INCLUDING ALL);
+
+-- Topic subscriptions: the queue receives every message published to a
+-- topic that matches the pattern.
+CREATE TABLE broker.subscription_defs (
+    queue_id  integer NOT NULL,
+    pattern   text    NOT NULL,
+    PRIMARY KEY (queue_id, pattern)
+);
+
+CREATE VIEW broker.subscriptions AS
+    SELECT q.name AS queue, s.pattern
+      FROM broker.subscription_defs s
+      JOIN broker.queue_defs q ON q.queue_id OPERATOR(pg_catalog.=) s.queue_id;
 
 CREATE TYPE broker.message AS (
     id              bigint,
@@ -148,7 +200,8 @@ CREATE VIEW broker.queues AS
            q.default_ttl,
            q.max_deliveries,
            d.name           AS dead_letter_queue,
-           q.created_at
+           q.created_at,
+           q.dedup_window
       FROM broker.queue_defs q
       LEFT JOIN broker.queue_defs d
         ON d.queue_id OPERATOR(pg_catalog.=) q.dead_letter_id
@@ -161,6 +214,9 @@ SELECT pg_catalog.pg_extension_config_dump('broker.messages_1', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.messages_2', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.messages_3', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.segments', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.dedup_0', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.dedup_1', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.subscription_defs', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.queue_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.message_id_seq', '');
 
@@ -170,7 +226,9 @@ SELECT pg_catalog.pg_extension_config_dump('broker.message_id_seq', '');
 -- aggregates and operators included, so no search_path can redirect them.
 REVOKE ALL ON broker.queue_defs, broker.messages, broker.messages_0,
               broker.messages_1, broker.messages_2, broker.messages_3,
-              broker.segments FROM PUBLIC;
+              broker.segments, broker.dedup_0, broker.dedup_1,
+              broker.subscription_defs FROM PUBLIC;
+GRANT SELECT ON broker.subscriptions TO PUBLIC;
 REVOKE ALL ON SEQUENCE broker.queue_id_seq, broker.message_id_seq FROM PUBLIC;
 GRANT USAGE ON SCHEMA broker TO PUBLIC;
 GRANT SELECT ON broker.queues TO PUBLIC;
@@ -184,7 +242,8 @@ CREATE FUNCTION broker.create_queue(
     default_ttl interval DEFAULT NULL,
     max_deliveries integer DEFAULT NULL,
     dead_letter_queue text DEFAULT NULL,
-    if_not_exists boolean DEFAULT false)
+    if_not_exists boolean DEFAULT false,
+    dedup_window interval DEFAULT '5 minutes')
 RETURNS void
 AS 'MODULE_PATHNAME', 'broker_create_queue'
 LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
@@ -209,7 +268,10 @@ CREATE FUNCTION broker.enqueue(
     payload jsonb,
     delay interval DEFAULT '0',
     ttl interval DEFAULT NULL,
-    headers jsonb DEFAULT NULL)
+    headers jsonb DEFAULT NULL,
+    group_key text DEFAULT NULL,
+    dedup_key text DEFAULT NULL,
+    priority integer DEFAULT 0)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'broker_enqueue'
 LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
@@ -220,10 +282,41 @@ CREATE FUNCTION broker.enqueue_batch(
     payloads jsonb[],
     delay interval DEFAULT '0',
     ttl interval DEFAULT NULL,
-    headers jsonb DEFAULT NULL)
+    headers jsonb DEFAULT NULL,
+    group_keys text[] DEFAULT NULL,
+    dedup_keys text[] DEFAULT NULL,
+    priority integer DEFAULT 0)
 RETURNS SETOF bigint
 AS 'MODULE_PATHNAME', 'broker_enqueue_batch'
 LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 100
+SET search_path = pg_catalog, pg_temp;
+
+-- Topics: a queue subscribes to topic patterns; publish puts one copy of a
+-- message into every queue with a matching pattern.
+CREATE FUNCTION broker.subscribe(queue text, pattern text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'broker_subscribe'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION broker.unsubscribe(queue text, pattern text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'broker_unsubscribe'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION broker.publish(
+    topic text,
+    payload jsonb,
+    delay interval DEFAULT '0',
+    ttl interval DEFAULT NULL,
+    headers jsonb DEFAULT NULL,
+    group_key text DEFAULT NULL,
+    dedup_key text DEFAULT NULL,
+    priority integer DEFAULT 0)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'broker_publish'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 
 -- Consuming ----------------------------------------------------------------
@@ -320,7 +413,9 @@ SET search_path = pg_catalog, pg_temp;
 
 -- Administration is not for everyone: the owner grants it.
 REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval,
-                                               integer, text, boolean),
+                                               integer, text, boolean, interval),
+                           broker.subscribe(text, text),
+                           broker.unsubscribe(text, text),
                            broker.drop_queue(text, boolean),
                            broker.purge_queue(text),
                            broker.maintain_segments()

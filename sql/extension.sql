@@ -27,13 +27,13 @@ SELECT count(*) FROM broker.messages;
 SELECT broker.create_queue('app_q');
 SELECT broker.purge_queue('ext_q');
 RESET ROLE;
-GRANT EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean) TO broker_app;
+GRANT EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval) TO broker_app;
 SET ROLE broker_app;
 SELECT broker.create_queue('app_q');
 RESET ROLE;
 SELECT broker.drop_queue('app_q');
 SELECT broker.drop_queue('ext_q');
-REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean) FROM broker_app;
+REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval) FROM broker_app;
 DROP ROLE broker_app;
 
 -- an installation of an older version is refused by this library until it
@@ -48,8 +48,25 @@ INSERT INTO broker.messages_0 (queue_id, id, vt, enqueued_at, payload)
 VALUES (1, 1, now(), now(), '{"from": "0.1.0"}');
 SELECT setval('broker.message_id_seq', 1);
 SELECT setval('broker.queue_id_seq', 1);
+-- privileges given on functions whose arguments change are carried over
+CREATE ROLE broker_old_admin;
+CREATE ROLE broker_old_producer;
+GRANT EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean) TO broker_old_admin;
+REVOKE EXECUTE ON FUNCTION broker.enqueue(text, jsonb, interval, interval, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION broker.enqueue(text, jsonb, interval, interval, jsonb) TO broker_old_producer WITH GRANT OPTION;
 ALTER EXTENSION broker UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'broker';
+SELECT r.rolname, f.fn, has_function_privilege(r.rolname, f.fn, 'EXECUTE') AS can,
+       has_function_privilege(r.rolname, f.fn, 'EXECUTE WITH GRANT OPTION') AS can_grant
+  FROM (VALUES ('broker_old_admin'), ('broker_old_producer'), ('public')) r(rolname)
+  CROSS JOIN (VALUES ('broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval)'),
+                     ('broker.enqueue(text, jsonb, interval, interval, jsonb, text, text, integer)'),
+                     ('broker.enqueue_batch(text, jsonb[], interval, interval, jsonb, text[], text[], integer)')) f(fn)
+ ORDER BY 1, 2;
+SELECT count(*) AS upgrade_helpers_left FROM pg_proc WHERE proname = 'upgrade_keep_acl';
+REASSIGN OWNED BY broker_old_admin, broker_old_producer TO CURRENT_USER;
+DROP OWNED BY broker_old_admin, broker_old_producer;
+DROP ROLE broker_old_admin, broker_old_producer;
 SELECT payload FROM broker.dequeue('old_q');
 SELECT broker.enqueue('old_q', '{"after": "update"}') > 1 AS new_id;
 SELECT count(*) AS pinned FROM pg_proc p

@@ -7,7 +7,7 @@ SELECT broker.create_queue('sg', lease => '1 hour');
 
 CREATE FUNCTION pg_temp.seg() RETURNS TABLE(segment int, current boolean, drained boolean, small boolean)
 LANGUAGE sql AS $$
-    SELECT segment, current, drained, bytes <= 3 * 8192 FROM broker.maintain_segments() ORDER BY segment
+    SELECT segment, current, drained, bytes <= 5 * 8192 FROM broker.maintain_segments() ORDER BY segment
 $$;
 CREATE FUNCTION pg_temp.rows() RETURNS TABLE(s0 bigint, s1 bigint, s2 bigint, s3 bigint)
 LANGUAGE sql AS $$

@@ -54,19 +54,23 @@ take_messages(const BrokerQueue *q, BrokerQueueState *state, int limit,
 	TimestampTz vt = BrokerTimestampPlus(now, lease);
 	int64		nonce = (int64) (pg_prng_uint64(&pg_global_prng_state) >> 2);
 	int32		maxdel = q->max_deliveries > 0 ? q->max_deliveries : PG_INT32_MAX;
-	ArrayType  *exclude = NULL;
+	BrokerClaimSpec spec;
 	BrokerClaimed *rows;
 	BrokerClaimed *dead_rows = NULL;
 	int			nrows;
 	int			delivered = 0;
 	int			ndead = 0;
 
+	spec.queue_id = q->queue_id;
+	spec.priorities = pg_atomic_read_u32(&state->priorities);
+	for (int p = 0; p < BROKER_PRIORITIES; p++)
+		spec.from_id[p] = (int64) pg_atomic_read_u64(&state->lwm[p]);
+	spec.now = now;
+	spec.limit = limit;
 	/* Rows this transaction leased are locked by it: leave them out. */
-	if (BrokerLeaseHasQueue(q->queue_id))
-		exclude = BrokerLeaseIds(q->queue_id);
-	nrows = BrokerStoreClaim(q->queue_id,
-							 (int64) pg_atomic_read_u64(&state->lwm),
-							 now, limit, exclude, &rows);
+	spec.exclude = BrokerLeaseHasQueue(q->queue_id) ?
+		BrokerLeaseIds(q->queue_id) : NULL;
+	nrows = BrokerStoreClaim(&spec, &rows);
 
 	for (int i = 0; i < nrows; i++)
 	{
@@ -105,17 +109,44 @@ take_messages(const BrokerQueue *q, BrokerQueueState *state, int limit,
 	{
 		BrokerDeadMessage *dead = palloc(sizeof(BrokerDeadMessage) * ndead);
 
-		BrokerStoreDeleteClaimed(dead_rows, ndead);
+		BrokerStoreDeleteClaimed(q->queue_id, dead_rows, ndead);
 		for (int i = 0; i < ndead; i++)
 		{
 			dead[i].payload = DatumGetJsonbP(dead_rows[i].payload);
 			dead[i].headers = dead_rows[i].headers_null ? NULL :
 				DatumGetJsonbP(dead_rows[i].headers);
+			dead[i].priority = dead_rows[i].priority;
 		}
 		BrokerDeadLetter(q, dead, ndead);
 	}
 	*ndead_out = ndead;
 	return delivered;
+}
+
+/*
+ * After a start (or a restore), which priorities a queue's messages have
+ * is not known: look once.  Producers set their priority's bit before they
+ * insert, so a look that misses a message in progress is made up for by
+ * its producer.
+ */
+static void
+discover_priorities(int32 queue_id, BrokerQueueState *state)
+{
+	uint32		used;
+	uint64		resets;
+
+	SpinLockAcquire(&state->mutex);
+	resets = state->mark_resets;
+	SpinLockRelease(&state->mutex);
+	if (state->priorities_known)
+		return;
+	used = BrokerStorePrioritiesInUse(queue_id);
+	pg_atomic_fetch_or_u32(&state->priorities, used);
+	/* Not if the marks were reset meanwhile (rows loaded): look again. */
+	SpinLockAcquire(&state->mutex);
+	if (state->mark_resets == resets)
+		state->priorities_known = true;
+	SpinLockRelease(&state->mutex);
 }
 
 /* broker.dequeue(queue, max_messages, lease, wait) */
@@ -163,6 +194,7 @@ broker_dequeue(PG_FUNCTION_ARGS)
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessShareLock, &q);
 	state = BrokerQueueStateGet(q.queue_id, true);
+	discover_priorities(q.queue_id, state);
 	if (lease == NULL)
 		lease = &q.lease;
 	if (waiting)

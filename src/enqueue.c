@@ -45,18 +45,8 @@ typedef struct EnqueueTimes
 static void
 check_delay_ttl(FunctionCallInfo fcinfo)
 {
-	if (!PG_ARGISNULL(2) && BrokerIntervalIsNegative(PG_GETARG_INTERVAL_P(2)))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("delay must not be negative")));
-	if (!PG_ARGISNULL(3) && !BrokerIntervalIsPositive(PG_GETARG_INTERVAL_P(3)))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("ttl must be positive")));
-	if (!PG_ARGISNULL(2))
-		BrokerCheckIntervalMax(PG_GETARG_INTERVAL_P(2), "delay");
-	if (!PG_ARGISNULL(3))
-		BrokerCheckIntervalMax(PG_GETARG_INTERVAL_P(3), "ttl");
+	BrokerCheckDelayTtl(PG_ARGISNULL(2) ? NULL : PG_GETARG_INTERVAL_P(2),
+						PG_ARGISNULL(3) ? NULL : PG_GETARG_INTERVAL_P(3));
 }
 
 /* When the message becomes deliverable and when it expires. */
@@ -78,37 +68,175 @@ compute_times(FunctionCallInfo fcinfo, const BrokerQueue *q, EnqueueTimes *t)
 	}
 }
 
-/* broker.enqueue(queue, payload, delay, ttl, headers) returns the id. */
+/* A key argument (group_key, dedup_key): NULL or checked (22023). */
+static text *
+key_arg(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	text	   *key;
+
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return NULL;
+	key = PG_GETARG_TEXT_PP(argno);
+	BrokerCheckKey(key, what, 0);
+	return key;
+}
+
+/*
+ * broker.enqueue(queue, payload, delay, ttl, headers, group_key,
+ * dedup_key, priority) returns the id (of the earlier message, for a
+ * duplicate).
+ */
 Datum
 broker_enqueue(PG_FUNCTION_ARGS)
 {
 	text	   *name = BrokerQueueArg(fcinfo, 0);
-	Jsonb	   *payload;
-	Jsonb	   *headers = PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P(4);
+	BrokerOutgoing m;
 	BrokerQueue q;
 	EnqueueTimes t;
 	int64		id;
+	bool		stored;
 
 	BrokerRequireArg(fcinfo, 1, "payload");
-	payload = PG_GETARG_JSONB_P(1);
+	memset(&m, 0, sizeof(m));
+	m.payload = PG_GETARG_JSONB_P(1);
+	m.headers = PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P(4);
 	check_delay_ttl(fcinfo);
+	m.group_key = key_arg(fcinfo, 5, "group_key");
+	m.dedup_key = key_arg(fcinfo, 6, "dedup_key");
+	m.priority = BrokerPriorityArg(fcinfo, 7);
 	BrokerRequireSharedMemory();
 	BrokerRequireWritable("enqueue");
 
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessShareLock, &q);
-	BrokerCheckMessageSize(&q, payload, headers, 0);
+	BrokerCheckMessageSize(&q, m.payload, m.headers, 0);
 	compute_times(fcinfo, &q, &t);
-	id = BrokerEnqueueOne(&q, payload, headers, t.now, t.vt, t.has_expiry,
-						  t.expires_at);
+	m.now = t.now;
+	m.vt = t.vt;
+	m.has_expiry = t.has_expiry;
+	m.expires_at = t.expires_at;
+	id = BrokerEnqueueOne(&q, &m, &stored);
 	BrokerSPIFinish();
 
 	PG_RETURN_INT64(id);
 }
 
 /*
- * broker.enqueue_batch(queue, payloads[], delay, ttl, headers): one INSERT
- * for the whole array; every element is checked before anything is written.
+ * The keys of a batch (group_keys or dedup_keys): NULL when the argument
+ * is NULL, else one per payload, each NULL or checked (22023).
+ */
+static text **
+batch_keys(FunctionCallInfo fcinfo, int argno, int n, const char *what)
+{
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			nelems;
+	text	  **keys;
+
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return NULL;
+	arr = PG_GETARG_ARRAYTYPE_P(argno);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a one-dimensional array", what)));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &nelems);
+	if (nelems != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must have one element per payload", what),
+				 errdetail("There are %d payloads and %d %s.", n, nelems, what),
+				 errhint("Use a NULL element for a payload without a key.")));
+	keys = palloc0(sizeof(text *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		if (nulls[i])
+			continue;
+		keys[i] = DatumGetTextPP(elems[i]);
+		BrokerCheckKey(keys[i], what, i + 1);
+	}
+	return keys;
+}
+
+/* A dedup key of a batch and the element it came with. */
+typedef struct KeyRef
+{
+	text	   *key;
+	int			element;
+} KeyRef;
+
+static int
+cmp_keyref(const void *a, const void *b)
+{
+	const KeyRef *x = a;
+	const KeyRef *y = b;
+	int			c = BrokerCompareKeys(x->key, y->key);
+
+	return c != 0 ? c : (x->element > y->element) - (x->element < y->element);
+}
+
+/*
+ * Decide which elements of a batch with dedup keys are stored: an element
+ * whose key the queue accepted within its window gets that message's id
+ * (ids[i] set, store[i] false); a key repeated in the batch gets the id of
+ * its first occurrence (same_as[i] = that element).  The keys are locked.
+ */
+static void
+dedup_batch(const BrokerQueue *q, text **keys, int n, TimestampTz now,
+			int64 *ids, bool *store, int *same_as)
+{
+	KeyRef	   *refs = palloc(sizeof(KeyRef) * Max(n, 1));
+	text	  **lock = palloc(sizeof(text *) * Max(n, 1));
+	int			nrefs = 0;
+	TimestampTz since = BrokerDedupSince(q, now);
+
+	for (int i = 0; i < n; i++)
+	{
+		if (keys[i] == NULL)
+			continue;
+		refs[nrefs].key = keys[i];
+		refs[nrefs].element = i;
+		lock[nrefs] = keys[i];
+		nrefs++;
+	}
+	BrokerStoreDedupLock(q->queue_id, lock, nrefs);
+	qsort(refs, nrefs, sizeof(KeyRef), cmp_keyref);
+	for (int r = 0; r < nrefs;)
+	{
+		int			first = refs[r].element;
+		int64		found;
+		int			end = r + 1;
+
+		CHECK_FOR_INTERRUPTS();
+		while (end < nrefs && BrokerCompareKeys(refs[end].key, refs[r].key) == 0)
+			end++;
+		found = BrokerStoreDedupFind(q->queue_id, refs[r].key, since);
+		for (int k = r; k < end; k++)
+		{
+			int			e = refs[k].element;
+
+			if (found != 0)
+			{
+				store[e] = false;
+				ids[e] = found;
+			}
+			else if (e != first)
+			{
+				store[e] = false;
+				same_as[e] = first;
+			}
+		}
+		r = end;
+	}
+}
+
+/*
+ * broker.enqueue_batch(queue, payloads[], delay, ttl, headers, group_keys[],
+ * dedup_keys[], priority): one INSERT for the messages stored; every
+ * element is checked before anything is written.  Returns one id per
+ * payload, in order.
  */
 Datum
 broker_enqueue_batch(PG_FUNCTION_ARGS)
@@ -117,17 +245,23 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 	text	   *name = BrokerQueueArg(fcinfo, 0);
 	ArrayType  *arr;
 	Jsonb	   *headers = PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P(4);
+	text	  **group_keys;
+	text	  **dedup_keys;
+	int			priority;
 	Datum	   *elems;
 	bool	   *elem_nulls;
 	int			n;
-	Datum	   *ids;
+	int64	   *ids;
+	bool	   *store;
+	int		   *same_as;
+	int			nstored = 0;
 	BrokerQueue q;
 	EnqueueTimes t;
-	BrokerNewMessage common;
 
 	BrokerRequireArg(fcinfo, 1, "payloads");
 	arr = PG_GETARG_ARRAYTYPE_P(1);
 	check_delay_ttl(fcinfo);
+	priority = BrokerPriorityArg(fcinfo, 7);
 	BrokerRequireSharedMemory();
 	BrokerRequireWritable("enqueue");
 
@@ -144,9 +278,18 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 					 errdetail("Element %d of payloads is null; nothing was enqueued.",
 							   i + 1)));
 	}
+	group_keys = batch_keys(fcinfo, 5, n, "group_keys");
+	dedup_keys = batch_keys(fcinfo, 6, n, "dedup_keys");
 
 	/* The ids are read after SPI_finish: not in SPI's memory. */
-	ids = palloc(Max(n, 1) * sizeof(Datum));
+	ids = palloc0(Max(n, 1) * sizeof(int64));
+	store = palloc(Max(n, 1) * sizeof(bool));
+	same_as = palloc(Max(n, 1) * sizeof(int));
+	for (int i = 0; i < n; i++)
+	{
+		store[i] = true;
+		same_as[i] = -1;
+	}
 
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessShareLock, &q);
@@ -162,37 +305,79 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 							   i + 1);
 	}
 	compute_times(fcinfo, &q, &t);
+	if (dedup_keys != NULL)
+		dedup_batch(&q, dedup_keys, n, t.now, ids, store, same_as);
+	if (priority > 0)
+		BrokerNotePriority(BrokerQueueStateGet(q.queue_id, true), priority);
 
 	for (int i = 0; i < n; i++)
 	{
 		CHECK_FOR_INTERRUPTS();
-		ids[i] = Int64GetDatum(BrokerAllocateMessageId(q.queue_id));
+		if (store[i])
+		{
+			ids[i] = BrokerAllocateMessageId(q.queue_id);
+			nstored++;
+		}
 	}
 
-	common.queue_id = q.queue_id;
-	common.id = 0;
-	common.vt = t.vt;
-	common.enqueued_at = t.now;
-	common.has_expiry = t.has_expiry;
-	common.expires_at = t.expires_at;
-	common.payload = NULL;
-	common.headers = headers;
-	BrokerStoreInsertBatch(&common,
-						   construct_array(ids, n, INT8OID, sizeof(int64),
-										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE),
-						   arr, n);
-	BrokerCount(q.queue_id, BROKER_COUNT_ENQUEUED, n);
-	if (t.vt > t.now)
-		BrokerNoteDue(q.queue_id, t.vt);
-	else
-		BrokerCount(q.queue_id, BROKER_COUNT_READY, n);
+	if (nstored > 0)
+	{
+		Datum	   *sids = palloc(sizeof(Datum) * nstored);
+		Datum	   *spayloads = palloc(sizeof(Datum) * nstored);
+		text	  **sgroups = group_keys ? palloc(sizeof(text *) * nstored) : NULL;
+		text	  **skeys = palloc(sizeof(text *) * nstored);
+		int64	   *skeyids = palloc(sizeof(int64) * nstored);
+		bool	   *claimable = palloc(sizeof(bool) * nstored);
+		int			k = 0;
+		int			nkeys = 0;
+		int64		nclaimable = 0;
+		BrokerNewMessage common;
+
+		for (int i = 0; i < n; i++)
+		{
+			if (!store[i])
+				continue;
+			sids[k] = Int64GetDatum(ids[i]);
+			spayloads[k] = elems[i];
+			if (sgroups)
+				sgroups[k] = group_keys[i];
+			if (dedup_keys != NULL && dedup_keys[i] != NULL)
+			{
+				skeys[nkeys] = dedup_keys[i];
+				skeyids[nkeys] = ids[i];
+				nkeys++;
+			}
+			k++;
+		}
+		memset(&common, 0, sizeof(common));
+		common.queue_id = q.queue_id;
+		common.vt = t.vt;
+		common.enqueued_at = t.now;
+		common.has_expiry = t.has_expiry;
+		common.expires_at = t.expires_at;
+		common.headers = headers;
+		common.priority = priority;
+		BrokerStoreInsertBatch(&common,
+							   construct_array(sids, nstored, INT8OID, sizeof(int64),
+											   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE),
+							   nstored == n ? arr :
+							   construct_array(spayloads, nstored, JSONBOID, -1,
+											   false, TYPALIGN_INT),
+							   sgroups, nstored, claimable);
+		if (nkeys > 0)
+			BrokerStoreDedupRecord(q.queue_id, skeys, skeyids, nkeys, t.now);
+		for (int i = 0; i < nstored; i++)
+			nclaimable += claimable[i] ? 1 : 0;
+		BrokerNoteStored(&q, nstored, nclaimable, t.now, t.vt);
+	}
 	BrokerSPIFinish();
 
 	for (int i = 0; i < n; i++)
 	{
+		Datum		id = Int64GetDatum(same_as[i] >= 0 ? ids[same_as[i]] : ids[i]);
 		bool		isnull = false;
 
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &ids[i], &isnull);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &id, &isnull);
 	}
 	return (Datum) 0;
 }

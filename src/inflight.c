@@ -46,6 +46,15 @@
  * so a transaction that deleted anything does not refresh; nor does one
  * under REPEATABLE READ, whose snapshot predates the fence.
  *
+ * Priorities: each priority p in use has its own mark lwm_p(q), over the
+ * claimable messages of q of priority p (store.c claims each priority
+ * from its mark); steps 3 and 4 run per priority, with the same floor.
+ * Messages waiting behind their ordered group's head are not claimable and
+ * hold no mark; one that becomes its group's head keeps its id, which may
+ * be below lwm_p: the promoting transaction lowers the mark when it
+ * commits (qstate.c), counted as a reset, so a refresh that began before
+ * does not write over it.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -309,30 +318,42 @@ BrokerMaybeRefreshLwm(int32 queue_id, BrokerQueueState *state)
 	{
 		bool		moving;
 		uint64		gen = BrokerStoreMovesBegin(&moving);
-		int64		old = (int64) pg_atomic_read_u64(&state->lwm);
+		uint32		used = pg_atomic_read_u32(&state->priorities);
+		int64		marks[BROKER_PRIORITIES];
 
 		floor = moving ? -1 :
 			inflight_floor(queue_id,
 						   nextval_internal(BrokerGetRels()->message_id_seq, false));
-		if (floor > old)
+
+		/* Each priority in use has its own mark (store.c claims by them). */
+		for (int p = 0; p < BROKER_PRIORITIES; p++)
 		{
-			int64		lowest = BrokerStoreLowestId(queue_id, old);
+			int64		old = (int64) pg_atomic_read_u64(&state->lwm[p]);
 
-			if (lowest >= 0 && lowest < floor)
-				floor = lowest;
-			/* A move began or ended during the probes: they may miss it. */
-			if (BrokerStoreMovesSince(gen))
-				floor = -1;
+			marks[p] = -1;
+			if ((used & (1u << p)) == 0 || floor <= old)
+				continue;
+			marks[p] = BrokerStoreLowestId(queue_id, p, old);
+			if (marks[p] < 0 || marks[p] > floor)
+				marks[p] = floor;
+		}
 
-			/*
-			 * Only ever move the mark up, and not at all if it was lowered
-			 * meanwhile (BrokerLowerMarks): other refreshes are excluded by
-			 * the refreshing flag, lowerings by the mutex.
-			 */
+		/*
+		 * A move began or ended during the probes: they may have missed it.
+		 * Only ever move a mark up, and not at all if the marks were lowered
+		 * meanwhile (BrokerLowerMarks, a promoted group message): other
+		 * refreshes are excluded by the refreshing flag, lowerings by the
+		 * mutex.
+		 */
+		if (!BrokerStoreMovesSince(gen))
+		{
 			SpinLockAcquire(&state->mutex);
-			if (state->mark_resets == resets &&
-				floor > (int64) pg_atomic_read_u64(&state->lwm))
-				pg_atomic_write_u64(&state->lwm, (uint64) floor);
+			for (int p = 0; p < BROKER_PRIORITIES; p++)
+			{
+				if (state->mark_resets == resets &&
+					marks[p] > (int64) pg_atomic_read_u64(&state->lwm[p]))
+					pg_atomic_write_u64(&state->lwm[p], (uint64) marks[p]);
+			}
 			SpinLockRelease(&state->mutex);
 		}
 	}

@@ -119,7 +119,7 @@ broker_waiters(PG_FUNCTION_ARGS)
 		out[2] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->wakeups) : 0);
 		out[3] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->empty_wakeups) : 0);
 		/* diagnostics: where dequeues start, and when a waiter next wakes */
-		out[4] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->lwm) : 0);
+		out[4] = Int64GetDatum(state ? BrokerQueueLowestMark(state) : 0);
 		outnull[4] = state == NULL;
 		out[5] = TimestampTzGetDatum(state ? (TimestampTz) pg_atomic_read_u64(&state->next_due) : 0);
 		outnull[5] = state == NULL ||

@@ -18,6 +18,7 @@
  */
 #include "postgres.h"
 
+#include "utils/fmgrprotos.h"
 #include "utils/timestamp.h"
 
 #include "inflight.h"
@@ -53,32 +54,78 @@ BrokerCheckMessageSize(const BrokerQueue *q, Jsonb *payload, Jsonb *headers,
 					   size, hsize)));
 }
 
-/*
- * Put one message into a queue (caller holds the queue's lock and an SPI
- * connection); returns its id.
- */
-int64
-BrokerEnqueueOne(const BrokerQueue *q, Jsonb *payload, Jsonb *headers,
-				 TimestampTz now, TimestampTz vt, bool has_expiry,
-				 TimestampTz expires_at)
+/* The start of a queue's dedup window for an enqueue at "now". */
+TimestampTz
+BrokerDedupSince(const BrokerQueue *q, TimestampTz now)
 {
-	BrokerNewMessage m;
+	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+												   TimestampTzGetDatum(now),
+												   IntervalPGetDatum(&q->dedup_window)));
+}
 
-	m.queue_id = q->queue_id;
-	m.id = BrokerAllocateMessageId(q->queue_id);
-	m.vt = vt;
-	m.enqueued_at = now;
-	m.has_expiry = has_expiry;
-	m.expires_at = expires_at;
-	m.payload = payload;
-	m.headers = headers;
-	BrokerStoreInsert(&m);
-
-	BrokerCount(q->queue_id, BROKER_COUNT_ENQUEUED, 1);
+/*
+ * Count n stored messages of which "claimable" can be taken (the others
+ * wait behind their group's head) for the commit to publish.
+ */
+void
+BrokerNoteStored(const BrokerQueue *q, int64 n, int64 claimable,
+				 TimestampTz now, TimestampTz vt)
+{
+	BrokerCount(q->queue_id, BROKER_COUNT_ENQUEUED, n);
+	if (claimable == 0)
+		return;
 	if (vt > now)
 		BrokerNoteDue(q->queue_id, vt);
 	else
-		BrokerCount(q->queue_id, BROKER_COUNT_READY, 1);
+		BrokerCount(q->queue_id, BROKER_COUNT_READY, claimable);
+}
+
+/*
+ * Put one message into a queue (caller holds the queue's lock and an SPI
+ * connection); returns its id.  With a dedup key the queue accepted within
+ * its window, nothing is stored (*stored false) and the id is that of the
+ * message the key came with.
+ */
+int64
+BrokerEnqueueOne(const BrokerQueue *q, const BrokerOutgoing *out, bool *stored)
+{
+	BrokerNewMessage m;
+	bool		claimable;
+
+	*stored = false;
+	if (out->dedup_key != NULL)
+	{
+		text	   *key = out->dedup_key;
+		int64		found;
+
+		BrokerStoreDedupLock(q->queue_id, &key, 1);
+		found = BrokerStoreDedupFind(q->queue_id, key,
+									 BrokerDedupSince(q, out->now));
+		if (found != 0)
+			return found;
+	}
+	if (out->priority > 0)
+		BrokerNotePriority(BrokerQueueStateGet(q->queue_id, true), out->priority);
+
+	m.queue_id = q->queue_id;
+	m.id = BrokerAllocateMessageId(q->queue_id);
+	m.vt = out->vt;
+	m.enqueued_at = out->now;
+	m.has_expiry = out->has_expiry;
+	m.expires_at = out->expires_at;
+	m.payload = out->payload;
+	m.headers = out->headers;
+	m.group_key = out->group_key;
+	m.priority = out->priority;
+	claimable = BrokerStoreInsert(&m);
+	if (out->dedup_key != NULL)
+	{
+		text	   *key = out->dedup_key;
+
+		BrokerStoreDedupRecord(q->queue_id, &key, &m.id, 1, out->now);
+	}
+	BrokerNoteStored(q, 1, claimable ? 1 : 0, out->now, out->vt);
+	*stored = true;
 	return m.id;
 }
 
@@ -105,8 +152,20 @@ BrokerDeadLetter(const BrokerQueue *q, const BrokerDeadMessage *dead, int ndead)
 
 	now = GetCurrentTimestamp();
 	for (int i = 0; i < ndead; i++)
-		BrokerEnqueueOne(&dlq, dead[i].payload, dead[i].headers, now, now,
-						 dlq.has_default_ttl,
-						 dlq.has_default_ttl ?
-						 BrokerTimestampPlus(now, &dlq.default_ttl) : 0);
+	{
+		BrokerOutgoing m;
+		bool		stored;
+
+		/* Its priority goes with it; its group and dedup key do not. */
+		memset(&m, 0, sizeof(m));
+		m.payload = dead[i].payload;
+		m.headers = dead[i].headers;
+		m.now = now;
+		m.vt = now;
+		m.has_expiry = dlq.has_default_ttl;
+		m.expires_at = dlq.has_default_ttl ?
+			BrokerTimestampPlus(now, &dlq.default_ttl) : 0;
+		m.priority = dead[i].priority;
+		(void) BrokerEnqueueOne(&dlq, &m, &stored);
+	}
 }

@@ -56,6 +56,7 @@ typedef struct BrokerPending
 	bool		dropped;
 	int64		counts[BROKER_NUM_COUNTERS];
 	TimestampTz min_due;		/* earliest future vt written, or BROKER_NO_DUE */
+	int64		mark_below[BROKER_PRIORITIES];	/* lower lwm[p] to this, or 0 */
 } BrokerPending;
 
 static LWLock *queues_lock = NULL;
@@ -144,7 +145,10 @@ BrokerQueueStateGet(int32 queue_id, bool create)
 		state->refreshing = false;
 		state->last_refresh = 0;
 		state->mark_resets = 0;
-		pg_atomic_init_u64(&state->lwm, 0);
+		for (int p = 0; p < BROKER_PRIORITIES; p++)
+			pg_atomic_init_u64(&state->lwm[p], 0);
+		pg_atomic_init_u32(&state->priorities, 1);	/* priority 0 */
+		state->priorities_known = false;
 		pg_atomic_init_u64(&state->enqueued_total, 0);
 		pg_atomic_init_u64(&state->deleted_total, 0);
 		pg_atomic_init_u64(&state->expired_total, 0);
@@ -226,6 +230,48 @@ BrokerNoteDue(int32 queue_id, TimestampTz due)
 		p->min_due = due;
 }
 
+/*
+ * A message of the queue with an id that may be below the queue's mark of
+ * its priority became claimable in this transaction (an ordered group's
+ * next message, which kept its id): lower the mark at commit.
+ */
+void
+BrokerNoteMarkBelow(int32 queue_id, int priority, int64 id)
+{
+	BrokerPending *p;
+
+	if (!BrokerSharedMemoryReady())
+		return;
+	p = pending_entry(queue_id, true);
+	if (p->mark_below[priority] == 0 || id < p->mark_below[priority])
+		p->mark_below[priority] = id;
+}
+
+/* A message of this priority is about to exist: scans must cover it. */
+void
+BrokerNotePriority(BrokerQueueState *state, int priority)
+{
+	uint32		bit = 1u << priority;
+
+	if ((pg_atomic_read_u32(&state->priorities) & bit) == 0)
+		pg_atomic_fetch_or_u32(&state->priorities, bit);
+}
+
+/* The lowest mark of the priorities in use: no claimable message is below. */
+int64
+BrokerQueueLowestMark(BrokerQueueState *state)
+{
+	uint32		used = pg_atomic_read_u32(&state->priorities);
+	int64		lowest = PG_INT64_MAX;
+
+	for (int p = 0; p < BROKER_PRIORITIES; p++)
+	{
+		if ((used & (1u << p)) != 0)
+			lowest = Min(lowest, (int64) pg_atomic_read_u64(&state->lwm[p]));
+	}
+	return lowest == PG_INT64_MAX ? 0 : lowest;
+}
+
 /* Remove the queue's shared state when this transaction commits. */
 void
 BrokerNoteDroppedQueue(int32 queue_id)
@@ -261,7 +307,8 @@ BrokerLowerNextDue(BrokerQueueState *state, TimestampTz due)
  * a restore does; see segment.c): start every mark of the installation
  * from 0 again (a lower mark is always correct, only slower until the next
  * refresh), count the reset so that a refresh that began before it does
- * not write its result (inflight.c), and wake a waiter to look.
+ * not write its result (inflight.c), look for the priorities in use again,
+ * and wake a waiter to look.
  */
 void
 BrokerLowerMarks(Oid dbid, Oid installation)
@@ -279,8 +326,10 @@ BrokerLowerMarks(Oid dbid, Oid installation)
 		if (state->key.dbid != dbid || state->key.installation != installation)
 			continue;
 		SpinLockAcquire(&state->mutex);
-		pg_atomic_write_u64(&state->lwm, 0);
+		for (int p = 0; p < BROKER_PRIORITIES; p++)
+			pg_atomic_write_u64(&state->lwm[p], 0);
 		state->mark_resets++;
+		state->priorities_known = false;
 		SpinLockRelease(&state->mutex);
 		BrokerLowerNextDue(state, now);
 	}
@@ -381,6 +430,19 @@ publish_pending(void)
 								p->counts[BROKER_COUNT_EXPIRED]);
 		pg_atomic_fetch_add_u64(&state->dead_lettered_total,
 								p->counts[BROKER_COUNT_DEAD_LETTERED]);
+		/* Lower marks below messages that kept an older id (see above). */
+		for (int k = 0; k < BROKER_PRIORITIES; k++)
+		{
+			if (p->mark_below[k] == 0)
+				continue;
+			SpinLockAcquire(&state->mutex);
+			if ((int64) pg_atomic_read_u64(&state->lwm[k]) > p->mark_below[k])
+			{
+				pg_atomic_write_u64(&state->lwm[k], (uint64) p->mark_below[k]);
+				state->mark_resets++;
+			}
+			SpinLockRelease(&state->mutex);
+		}
 		/* One new message wakes one waiter; a big batch wakes them all. */
 		wake_waiters(state, p->counts[BROKER_COUNT_READY]);
 		if (p->min_due != BROKER_NO_DUE)

@@ -18,6 +18,7 @@
 #include "storage/condition_variable.h"
 #include "storage/spin.h"
 
+#include "util.h"
 #include "xact.h"
 
 /* No event due: the value of BrokerQueueState.next_due. */
@@ -37,8 +38,10 @@ typedef struct BrokerQueueKey
 
 /*
  * Shared state of one queue, created on first use, removed when the queue
- * or its installation is dropped.  lwm: no live message of the queue has
- * an id below it (inflight.c keeps this true).
+ * or its installation is dropped.  lwm[p]: no live claimable message of
+ * the queue of priority p has an id below it (inflight.c keeps this true).
+ * priorities: bit p set once a message of priority p may exist (set by
+ * producers before they insert, found in the table after a restart).
  */
 typedef struct BrokerQueueState
 {
@@ -52,7 +55,9 @@ typedef struct BrokerQueueState
 	int			timekeeper;		/* pgprocno of the waiter that sleeps until
 								 * next_due, or -1 */
 	TimestampTz keeper_due;		/* the next_due it sleeps toward */
-	pg_atomic_uint64 lwm;
+	pg_atomic_uint64 lwm[BROKER_PRIORITIES];
+	pg_atomic_uint32 priorities;	/* bit per priority in use */
+	bool		priorities_known;	/* the table was looked at since start */
 	pg_atomic_uint64 enqueued_total;
 	pg_atomic_uint64 deleted_total;
 	pg_atomic_uint64 expired_total;
@@ -88,6 +93,9 @@ extern void BrokerNoteDue(int32 queue_id, TimestampTz due);
 extern void BrokerLowerNextDue(BrokerQueueState *state, TimestampTz due);
 extern void BrokerNoteDroppedQueue(int32 queue_id);
 extern void BrokerLowerMarks(Oid dbid, Oid installation);
+extern void BrokerNoteMarkBelow(int32 queue_id, int priority, int64 id);
+extern void BrokerNotePriority(BrokerQueueState *state, int priority);
+extern int64 BrokerQueueLowestMark(BrokerQueueState *state);
 extern void BrokerQueueStatesForget(Oid dbid, Oid installation);
 
 #endif							/* BROKER_QSTATE_H */

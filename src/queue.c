@@ -19,17 +19,19 @@
 #include "queuedef.h"
 #include "sql.h"
 #include "store.h"
+#include "topics.h"
 #include "util.h"
 
 #define OP(x) "OPERATOR(pg_catalog." x ")"
 
 static BrokerStmt insert_queue = {
 	"INSERT INTO broker.queue_defs AS q (queue_id, name, lease,"
-	"       max_message_size, default_ttl, max_deliveries, dead_letter_id)"
+	"       max_message_size, default_ttl, max_deliveries, dead_letter_id,"
+	"       dedup_window)"
 	" VALUES (pg_catalog.nextval('broker.queue_id_seq'::pg_catalog.regclass),"
-	"         $1, $2, $3, $4, $5, $6)"
+	"         $1, $2, $3, $4, $5, $6, $7)"
 	" ON CONFLICT (name) DO NOTHING RETURNING q.queue_id",
-	6, {TEXTOID, INTERVALOID, INT4OID, INTERVALOID, INT4OID, INT4OID}, 0, {NULL}
+	7, {TEXTOID, INTERVALOID, INT4OID, INTERVALOID, INT4OID, INT4OID, INTERVALOID}, 0, {NULL}
 };
 
 /* The queues that use $1 as their dead-letter queue. */
@@ -81,7 +83,8 @@ check_queue_settings(Interval *lease, int32 max_message_size,
 
 /*
  * broker.create_queue(queue, lease, max_message_size, default_ttl,
- *					   max_deliveries, dead_letter_queue, if_not_exists)
+ *					   max_deliveries, dead_letter_queue, if_not_exists,
+ *					   dedup_window)
  */
 Datum
 broker_create_queue(PG_FUNCTION_ARGS)
@@ -91,8 +94,9 @@ broker_create_queue(PG_FUNCTION_ARGS)
 	int32		max_message_size;
 	Interval   *default_ttl = PG_ARGISNULL(3) ? NULL : PG_GETARG_INTERVAL_P(3);
 	bool		if_not_exists;
-	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Interval   *dedup_window;
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	int			rc;
 
 	BrokerRequireArg(fcinfo, 1, "lease");
@@ -102,6 +106,22 @@ broker_create_queue(PG_FUNCTION_ARGS)
 	lease = PG_GETARG_INTERVAL_P(1);
 	max_message_size = PG_GETARG_INT32(2);
 	if_not_exists = PG_GETARG_BOOL(6);
+	/* (0.1.0's declaration has no dedup_window: checked for its version later) */
+	if (PG_NARGS() > 7)
+	{
+		BrokerRequireArg(fcinfo, 7, "dedup_window");
+		dedup_window = PG_GETARG_INTERVAL_P(7);
+	}
+	else
+	{
+		dedup_window = palloc0(sizeof(Interval));
+		dedup_window->time = 5 * 60 * USECS_PER_SEC;
+	}
+	if (!BrokerIntervalIsPositive(dedup_window))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("dedup_window must be positive")));
+	BrokerCheckIntervalMax(dedup_window, "dedup_window");
 
 	check_queue_settings(lease, max_message_size, default_ttl,
 						 !PG_ARGISNULL(4), PG_ARGISNULL(4) ? 0 : PG_GETARG_INT32(4));
@@ -117,6 +137,7 @@ broker_create_queue(PG_FUNCTION_ARGS)
 	nulls[4] = PG_ARGISNULL(4) ? 'n' : ' ';
 	values[5] = (Datum) 0;
 	nulls[5] = 'n';
+	values[6] = IntervalPGetDatum(dedup_window);
 
 	if (!PG_ARGISNULL(5))
 	{
@@ -201,6 +222,8 @@ broker_drop_queue(PG_FUNCTION_ARGS)
 				 errhint("Drop those queues first.")));
 
 	(void) BrokerStorePurge(q.queue_id);
+	BrokerStoreForgetKeys(q.queue_id);
+	BrokerTopicsForgetQueue(q.queue_id);
 	rc = BrokerStmtExecute(&delete_queue, -1, values, NULL, 0);
 	BrokerStmtCheck(rc, SPI_OK_DELETE, "dropping the queue");
 

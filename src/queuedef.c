@@ -34,7 +34,7 @@
 #define OP(x) "OPERATOR(pg_catalog." x ")"
 #define QUEUE_COLUMNS \
 	"SELECT q.queue_id, q.name, q.lease, q.max_message_size, q.default_ttl," \
-	"       q.max_deliveries, q.dead_letter_id FROM broker.queue_defs q"
+	"       q.max_deliveries, q.dead_letter_id, q.dedup_window FROM broker.queue_defs q"
 
 static BrokerStmt queue_by_name = {
 	QUEUE_COLUMNS " WHERE q.name " OP("=") " $1 AND q.kind " OP("=") " 'q'",
@@ -111,6 +111,7 @@ queue_from_tuple(HeapTuple tup, TupleDesc desc, BrokerQueue *q)
 	q->max_deliveries = isnull ? 0 : DatumGetInt32(d);
 	d = SPI_getbinval(tup, desc, 7, &isnull);
 	q->dead_letter_id = isnull ? 0 : DatumGetInt32(d);
+	q->dedup_window = *DatumGetIntervalP(SPI_getbinval(tup, desc, 8, &isnull));
 }
 
 /* Raise the standard "queue does not exist" error (42704). */

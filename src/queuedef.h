@@ -27,6 +27,7 @@ typedef struct BrokerQueue
 	Interval	default_ttl;
 	int32		max_deliveries;		/* 0: no limit */
 	int32		dead_letter_id;		/* 0: none */
+	Interval	dedup_window;
 } BrokerQueue;
 
 extern bool BrokerLookupQueue(text *name, bool missing_ok, BrokerQueue *out);

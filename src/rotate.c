@@ -29,6 +29,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
+#include "utils/timestamp.h"
 
 #include "catalog.h"
 #include "segment.h"
@@ -49,6 +50,11 @@
 	"  RETURNING d.*)" \
 	" INSERT INTO broker.messages_%d SELECT m.* FROM m"
 #define TRUNCATE_SQL "TRUNCATE broker.messages_%d"
+#define TRUNCATE_DEDUP_SQL "TRUNCATE broker.dedup_%d"
+#define DEDUP_HAS_ROWS_SQL "SELECT 1 FROM broker.dedup_%d LIMIT 1"
+#define BROKER_DEDUP_MIN_TURN_US	(60 * USECS_PER_SEC)
+#define MAX_WINDOW_SQL \
+	"SELECT pg_catalog.max(q.dedup_window) FROM broker.queue_defs q"
 #define LAST_ID_SQL "SELECT s.last_value FROM broker.message_id_seq s"
 
 /* Rotation: the table may have no rows yet (see load_state), so upsert. */
@@ -139,6 +145,15 @@ lock_briefly(Oid relid, LOCKMODE mode)
 	return try_step(lock_step, relid, -1, mode, ERRCODE_LOCK_NOT_AVAILABLE);
 }
 
+/* Step: TRUNCATE a dedup table. */
+static void
+truncate_dedup_step(Oid relid, int table, LOCKMODE mode)
+{
+	(void) relid;
+	(void) mode;
+	run_on_segment(TRUNCATE_DEDUP_SQL, table, SPI_OK_UTILITY);
+}
+
 /*
  * TRUNCATE a segment (its lock is held); false, and nothing done, if this
  * very session still has it open in a running query (55006), as when
@@ -193,6 +208,68 @@ move_rows(SegState *st, int from, int to)
 		elog(ERROR, "broker: moving messages between segments failed: %s",
 			 SPI_result_code_string(rc));
 	pfree(sql);
+}
+
+/*
+ * The dedup tables (dedup.c): empty the one that stopped taking keys once
+ * the longest window has passed since; swap when it is empty and the
+ * current one has taken keys for a window's length.  The maintainers'
+ * lock is held.
+ */
+static void
+maintain_dedup(SegState *st)
+{
+	BrokerDedupTables dt;
+	TimestampTz now = GetCurrentTimestamp();
+	Interval	maxwin;
+	int			other;
+	bool		isnull;
+	Datum		d;
+	int			rc;
+
+	BrokerDedupGet(st, &dt);
+	other = (dt.cur + 1) % BROKER_DEDUP_TABLES;
+
+	rc = SPI_execute(MAX_WINDOW_SQL, false, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "broker: reading the queues' dedup windows failed");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		memset(&maxwin, 0, sizeof(maxwin));
+	else
+		maxwin = *DatumGetIntervalP(d);
+
+	if (!dt.other_empty && BrokerTimestampPlus(dt.stopped, &maxwin) < now)
+	{
+		Oid			relid = BrokerRelid(other == 0 ? "dedup_0" : "dedup_1");
+
+		/* An empty table is not truncated (a new file each time). */
+		if (run_on_segment(DEDUP_HAS_ROWS_SQL, other, SPI_OK_SELECT) > 0 &&
+			(!lock_briefly(relid, AccessExclusiveLock) ||
+			 !try_step(truncate_dedup_step, InvalidOid, other, NoLock,
+					   ERRCODE_OBJECT_IN_USE)))
+			return;
+		/* Safe at once: every key in it was older than any window. */
+		dt.other_empty = true;
+		BrokerDedupSet(st, &dt);
+	}
+
+	/* Not more often than once a minute, however short the windows. */
+	if (dt.other_empty && BrokerTimestampPlus(dt.since, &maxwin) <= now &&
+		now - dt.since >= BROKER_DEDUP_MIN_TURN_US)
+	{
+		dt.cur = other;
+		dt.since = now;
+		dt.other_empty = false;
+		BrokerDedupSet(st, &dt);
+
+		/*
+		 * A producer that still saw the old table read its clock before
+		 * that (dedup.c): so every key it records there is older than this.
+		 */
+		dt.stopped = GetCurrentTimestamp();
+		BrokerDedupSet(st, &dt);
+	}
 }
 
 /*
@@ -277,6 +354,8 @@ maintain(void)
 		if (seg == next)
 			next_drained = true;
 	}
+
+	maintain_dedup(st);
 
 	if (rotate_due && next_drained)
 	{

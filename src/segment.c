@@ -88,6 +88,7 @@
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "catalog.h"
 #include "qstate.h"
@@ -116,6 +117,7 @@ struct SegState
 	uint32		drained;		/* bit per segment: a hint, see above */
 	pg_atomic_uint32 movers;	/* open transactions moving rows */
 	pg_atomic_uint64 move_gen;	/* bumped when one begins and when it ends */
+	BrokerDedupTables dedup;	/* under mutex (rotate.c, dedup.c) */
 };
 
 /* A change the maintaining transaction publishes when it commits. */
@@ -249,6 +251,34 @@ init_state(SegState *st)
 	st->drained = 0;
 	pg_atomic_init_u32(&st->movers, 0);
 	pg_atomic_init_u64(&st->move_gen, 0);
+
+	/*
+	 * Dedup tables: after a start, which one took keys last is not known;
+	 * table 0 takes them now, and table 1 is emptied once the longest
+	 * window has passed (every key in it is older than now).
+	 */
+	st->dedup.cur = 0;
+	st->dedup.since = GetCurrentTimestamp();
+	st->dedup.stopped = st->dedup.since;
+	st->dedup.other_empty = false;
+}
+
+/* The dedup tables' state of an installation. */
+void
+BrokerDedupGet(SegState *st, BrokerDedupTables *out)
+{
+	SpinLockAcquire(&st->mutex);
+	*out = st->dedup;
+	SpinLockRelease(&st->mutex);
+}
+
+/* Replace it (maintenance, rotate.c). */
+void
+BrokerDedupSet(SegState *st, const BrokerDedupTables *in)
+{
+	SpinLockAcquire(&st->mutex);
+	st->dedup = *in;
+	SpinLockRelease(&st->mutex);
 }
 
 /*

@@ -12,8 +12,25 @@
 
 #include "postgres.h"
 
+#include "datatype/timestamp.h"
+
 /* Segment tables broker.messages_0 .. _3. */
 #define BROKER_SEGMENTS			4
+
+/* Dedup tables broker.dedup_0 and _1. */
+#define BROKER_DEDUP_TABLES		2
+
+/*
+ * Which dedup table takes new keys (cur), since when, when the other one
+ * stopped taking them, and whether it was emptied since.
+ */
+typedef struct BrokerDedupTables
+{
+	int			cur;
+	TimestampTz since;
+	TimestampTz stopped;
+	bool		other_empty;
+} BrokerDedupTables;
 
 /* One installation's segment state in shared memory. */
 typedef struct SegState SegState;
@@ -31,5 +48,7 @@ extern void BrokerSegmentClearDrained(SegState *st, int seg);
 extern void BrokerSegmentAnnounceMove(SegState *st);
 extern void BrokerSegmentRecord(SegState *st, int drained_seg, int new_cur,
 								int64 first_id);
+extern void BrokerDedupGet(SegState *st, BrokerDedupTables *out);
+extern void BrokerDedupSet(SegState *st, const BrokerDedupTables *in);
 
 #endif							/* BROKER_SEGMENT_H */

@@ -19,6 +19,7 @@
 
 #include "lib/stringinfo.h"
 #include "optimizer/cost.h"
+#include "utils/snapmgr.h"
 
 #include "catalog.h"
 #include "sql.h"
@@ -112,23 +113,30 @@ stmt_plan(BrokerStmt *stmt, int variant)
  * up, making every call read the whole segment.  The settings are restored
  * at once, also on error.
  */
-int
-BrokerStmtExecute(BrokerStmt *stmt, int variant, Datum *values,
-				  const char *nulls, long count)
+static int
+execute(BrokerStmt *stmt, int variant, Datum *values, const char *nulls,
+		long count, bool latest)
 {
 	SPIPlanPtr	plan = stmt_plan(stmt, variant);
 	bool		save_seqscan = enable_seqscan;
 	bool		save_bitmapscan = enable_bitmapscan;
 	volatile int rc = 0;
 
-	if ((stmt->options & BROKER_STMT_INDEX) == 0)
+	if ((stmt->options & BROKER_STMT_INDEX) == 0 && !latest)
 		return SPI_execute_plan(plan, values, nulls, false, count);
 
-	enable_seqscan = false;
-	enable_bitmapscan = false;
+	if ((stmt->options & BROKER_STMT_INDEX) != 0)
+	{
+		enable_seqscan = false;
+		enable_bitmapscan = false;
+	}
 	PG_TRY();
 	{
-		rc = SPI_execute_plan(plan, values, nulls, false, count);
+		if (latest)
+			rc = SPI_execute_snapshot(plan, values, nulls, GetLatestSnapshot(),
+									  InvalidSnapshot, false, false, count);
+		else
+			rc = SPI_execute_plan(plan, values, nulls, false, count);
 	}
 	PG_FINALLY();
 	{
@@ -137,6 +145,27 @@ BrokerStmtExecute(BrokerStmt *stmt, int variant, Datum *values,
 	}
 	PG_END_TRY();
 	return rc;
+}
+
+int
+BrokerStmtExecute(BrokerStmt *stmt, int variant, Datum *values,
+				  const char *nulls, long count)
+{
+	return execute(stmt, variant, values, nulls, count, false);
+}
+
+/*
+ * Execute a statement with the latest snapshot instead of the transaction's
+ * (SPI connected), as PostgreSQL's foreign-key checks do: a decision that
+ * must see what committed since the transaction began, also under
+ * REPEATABLE READ (the key or group locks taken before it make sure what it
+ * sees stays true).  The plan guard applies as in BrokerStmtExecute.
+ */
+int
+BrokerStmtExecuteLatest(BrokerStmt *stmt, int variant, Datum *values,
+						const char *nulls, long count)
+{
+	return execute(stmt, variant, values, nulls, count, true);
 }
 
 /* Fail loudly when a statement did not return what it must. */

@@ -39,6 +39,8 @@ extern void BrokerSPIConnect(void);
 extern void BrokerSPIFinish(void);
 extern int	BrokerStmtExecute(BrokerStmt *stmt, int variant, Datum *values,
 							  const char *nulls, long count);
+extern int	BrokerStmtExecuteLatest(BrokerStmt *stmt, int variant, Datum *values,
+									const char *nulls, long count);
 extern void BrokerStmtCheck(int rc, int expected, const char *what);
 
 #endif							/* BROKER_SQL_H */

@@ -21,6 +21,7 @@
 #include "utils/array.h"
 #include "utils/jsonb.h"
 
+#include "util.h"
 #include "xact.h"
 
 /* A message to store. */
@@ -34,6 +35,8 @@ typedef struct BrokerNewMessage
 	TimestampTz expires_at;
 	Jsonb	   *payload;
 	Jsonb	   *headers;		/* or NULL */
+	text	   *group_key;		/* ordered group, or NULL */
+	int			priority;		/* 0 .. BROKER_PRIORITIES - 1 */
 } BrokerNewMessage;
 
 /* Where a message taken by BrokerStoreClaim is: opaque to callers. */
@@ -55,7 +58,20 @@ typedef struct BrokerClaimed
 	int32		delivery_count;
 	Datum		expires_at;
 	bool		expires_null;
+	text	   *group_key;		/* ordered group (it is the head), or NULL */
+	int			priority;
 } BrokerClaimed;
+
+/* What to claim: a queue's deliverable messages, highest priority first. */
+typedef struct BrokerClaimSpec
+{
+	int32		queue_id;
+	int64		from_id[BROKER_PRIORITIES];	/* each priority's low-water mark */
+	uint32		priorities;		/* bit per priority to look at */
+	TimestampTz now;
+	int			limit;
+	ArrayType  *exclude;		/* ids this transaction leased, or NULL */
+} BrokerClaimSpec;
 
 /* A lease to write into a message that a claim locked (lease.c). */
 typedef struct BrokerLeaseWrite
@@ -83,28 +99,39 @@ typedef struct BrokerQueueCounts
 typedef void (*BrokerExpiredFn) (int32 queue_id, int64 n);
 
 /* store.c */
-extern void BrokerStoreInsert(const BrokerNewMessage *m);
+extern bool BrokerStoreInsert(const BrokerNewMessage *m);
 extern void BrokerStoreInsertBatch(const BrokerNewMessage *common,
-								   ArrayType *ids, ArrayType *payloads, int n);
-extern int	BrokerStoreClaim(int32 queue_id, int64 from_id, TimestampTz now,
-							 int limit, ArrayType *exclude,
-							 BrokerClaimed **rows);
-extern void BrokerStoreDeleteClaimed(const BrokerClaimed *rows, int n);
+								   ArrayType *ids, ArrayType *payloads,
+								   text **group_keys, int n, bool *claimable);
+extern int	BrokerStoreClaim(const BrokerClaimSpec *spec, BrokerClaimed **rows);
+extern void BrokerStoreWriteLeases(const BrokerLeaseWrite *leases, int n);
+extern int64 BrokerStoreLowestId(int32 queue_id, int priority, int64 from_id);
+extern uint32 BrokerStorePrioritiesInUse(int32 queue_id);
+extern TimestampTz BrokerStoreNextDue(int32 queue_id, int64 from_id,
+									  TimestampTz now);
+extern int	BrokerStoreCounts(int32 queue_id, TimestampTz now,
+							  BrokerQueueCounts **counts);
+
+/* remove.c */
+extern void BrokerStoreDeleteClaimed(int32 queue_id, const BrokerClaimed *rows,
+									 int n);
 extern bool BrokerStoreDelete(int32 queue_id, int64 id, bool has_receipt,
 							  int64 receipt, const BrokerRowRef *where);
 extern int	BrokerStoreDeleteMany(int32 queue_id, ArrayType *ids,
 								  int64 **deleted);
 extern bool BrokerStoreSetVt(int32 queue_id, int64 id, int64 receipt,
 							 TimestampTz vt, bool release, TimestampTz *vt_out);
-extern void BrokerStoreWriteLeases(const BrokerLeaseWrite *leases, int n);
-extern int64 BrokerStoreLowestId(int32 queue_id, int64 from_id);
-extern TimestampTz BrokerStoreNextDue(int32 queue_id, int64 from_id,
-									  TimestampTz now);
 extern uint64 BrokerStoreExpire(int32 queue_id, TimestampTz now, int limit,
 								BrokerExpiredFn counted);
 extern uint64 BrokerStorePurge(int32 queue_id);
-extern int	BrokerStoreCounts(int32 queue_id, TimestampTz now,
-							  BrokerQueueCounts **counts);
+
+/* dedup.c */
+extern void BrokerStoreDedupLock(int32 queue_id, text **keys, int n);
+extern int64 BrokerStoreDedupFind(int32 queue_id, text *key, TimestampTz since);
+extern void BrokerStoreDedupRecord(int32 queue_id, text **keys,
+								   const int64 *ids, int n,
+								   TimestampTz enqueued_at);
+extern void BrokerStoreForgetKeys(int32 queue_id);
 
 /* segment.c */
 extern int	broker_segment_size;

@@ -104,6 +104,13 @@ BrokerTimestampPlus(TimestampTz ts, const Interval *iv)
 void
 BrokerRequireArg(FunctionCallInfo fcinfo, int argno, const char *argname)
 {
+	/* SQL declarations of another version: never read past the arguments. */
+	if (argno >= PG_NARGS())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("broker function called without its argument %s", argname),
+				 errdetail("The extension's SQL declarations are not those of the library loaded."),
+				 errhint("Run ALTER EXTENSION broker UPDATE in this database.")));
 	if (PG_ARGISNULL(argno))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -185,4 +192,80 @@ BrokerQueueArg(FunctionCallInfo fcinfo, int argno)
 	name = PG_GETARG_TEXT_PP(argno);
 	BrokerCheckQueueName(name);
 	return name;
+}
+
+/*
+ * Refuse a group or dedup key that is empty or longer than BROKER_MAX_KEY
+ * bytes (22023); element > 0 names a batch element.
+ */
+void
+BrokerCheckKey(text *key, const char *what, int element)
+{
+	int			len = VARSIZE_ANY_EXHDR(key);
+
+	if (len >= 1 && len <= BROKER_MAX_KEY)
+		return;
+	if (element > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be 1 to %d bytes", what, BROKER_MAX_KEY),
+				 errdetail("Element %d is %d bytes long; nothing was enqueued.",
+						   element, len)));
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s must be 1 to %d bytes", what, BROKER_MAX_KEY),
+			 errdetail("The value given is %d bytes long.", len)));
+}
+
+/* The priority argument: 0 when NULL or absent, else 0 to 9 (22023). */
+int
+BrokerPriorityArg(FunctionCallInfo fcinfo, int argno)
+{
+	int32		p;
+
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return 0;
+	p = PG_GETARG_INT32(argno);
+	if (p < 0 || p >= BROKER_PRIORITIES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("priority must be between 0 and %d", BROKER_PRIORITIES - 1),
+				 errdetail("The value given was %d.", p)));
+	return p;
+}
+
+/* Order of keys (by bytes): group and dedup locks are taken in it. */
+int
+BrokerCompareKeys(const text *a, const text *b)
+{
+	int			la = VARSIZE_ANY_EXHDR(a);
+	int			lb = VARSIZE_ANY_EXHDR(b);
+	int			c = memcmp(VARDATA_ANY(a), VARDATA_ANY(b), Min(la, lb));
+
+	return c != 0 ? c : (la > lb) - (la < lb);
+}
+
+/* qsort and bsearch comparator of text pointers, by BrokerCompareKeys. */
+int
+BrokerCompareKeyPtrs(const void *a, const void *b)
+{
+	return BrokerCompareKeys(*(text *const *) a, *(text *const *) b);
+}
+
+/* Validate a delay and a ttl (either NULL: not given); 22023 when out of range. */
+void
+BrokerCheckDelayTtl(const Interval *delay, const Interval *ttl)
+{
+	if (delay != NULL && BrokerIntervalIsNegative(delay))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("delay must not be negative")));
+	if (ttl != NULL && !BrokerIntervalIsPositive(ttl))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("ttl must be positive")));
+	if (delay != NULL)
+		BrokerCheckIntervalMax(delay, "delay");
+	if (ttl != NULL)
+		BrokerCheckIntervalMax(ttl, "ttl");
 }

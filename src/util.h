@@ -21,6 +21,9 @@
 #define BROKER_MAX_MESSAGE_SIZE_LIMIT	1048576
 #define BROKER_MAX_BATCH		10000
 #define BROKER_MAX_INTERVAL_YEARS	10000	/* leases, delays, ttls, waits */
+#define BROKER_MAX_KEY			255		/* group and dedup keys, in bytes */
+#define BROKER_MAX_TOPIC		255		/* topics and patterns */
+#define BROKER_PRIORITIES		10		/* priorities 0 .. 9 */
 
 /*
  * The LWLocks of the "broker" tranche, one per subsystem that has shared
@@ -45,5 +48,10 @@ extern void BrokerRequireWritable(const char *action);
 extern char *BrokerClipForMessage(const char *s, int len);
 extern void BrokerCheckQueueName(text *name);
 extern text *BrokerQueueArg(FunctionCallInfo fcinfo, int argno);
+extern void BrokerCheckKey(text *key, const char *what, int element);
+extern int	BrokerPriorityArg(FunctionCallInfo fcinfo, int argno);
+extern void BrokerCheckDelayTtl(const Interval *delay, const Interval *ttl);
+extern int	BrokerCompareKeys(const text *a, const text *b);
+extern int	BrokerCompareKeyPtrs(const void *a, const void *b);
 
 #endif							/* BROKER_UTIL_H */

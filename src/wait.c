@@ -71,7 +71,7 @@ BrokerWaitNothingDue(int32 queue_id, BrokerQueueState *state, TimestampTz now)
 									   (uint64) BROKER_NO_DUE))
 	{
 		TimestampTz next = BrokerStoreNextDue(queue_id,
-											  (int64) pg_atomic_read_u64(&state->lwm),
+											  BrokerQueueLowestMark(state),
 											  now);
 
 		if (next != DT_NOEND)

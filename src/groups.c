@@ -1,0 +1,194 @@
+/*-------------------------------------------------------------------------
+ *
+ * groups.c
+ *	  Inside the message store: ordered message groups.
+ *
+ * Within a queue, the messages that share a group key are delivered one
+ * at a time, in id order.  Only one message of a group, its head, is
+ * claimable: it has the queue's id in the queue_id column like any
+ * message.  The others wait behind it with the queue id negated, a key
+ * range no claim ever scans, so a claim never walks past waiting
+ * messages however deep the groups are.  When the head leaves the queue
+ * (deleted, dead-lettered, dropped after max_deliveries, expired), the
+ * group's lowest waiting id becomes the head in the same transaction; a
+ * head whose lease runs out or is released stays the head.
+ *
+ * One lock per group (an advisory-style lock on (queue, hash of the key),
+ * held to the end of the transaction) orders the two decisions that must
+ * not interleave: a producer, under it, looks for the group's head and
+ * adds its message as the head or as waiting; whoever removed a head,
+ * under it, looks for the next message to promote.  Both looks use the
+ * latest snapshot, so a waiting message committed by a producer that held
+ * the lock before is always seen, also under REPEATABLE READ.  A promoted
+ * message keeps its id, which may be below the low-water mark of its
+ * priority: the mark is lowered when the transaction commits (qstate.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "groups.h"
+#include "qstate.h"
+#include "segment.h"
+#include "sql.h"
+
+#define OP(x) "OPERATOR(pg_catalog." x ")"
+#define SEG "broker.messages_%d"
+
+/* field4 of the lock tags of groups and of dedup keys (not pg_advisory's) */
+#define LOCK_CLASS_GROUP	0x4247
+#define LOCK_CLASS_DEDUP	0x4244
+
+/* A message of the group with the queue's id: the head. */
+static BrokerStmt group_head = {
+	"SELECT 1 FROM " SEG " m WHERE m.queue_id " OP("=") " $1"
+	" AND m.group_key " OP("=") " $2 LIMIT 1",
+	2, {INT4OID, TEXTOID}, BROKER_STMT_INDEX, {NULL}
+};
+
+/* The group's first waiting message ($1: the queue id negated). */
+static BrokerStmt group_next = {
+	"SELECT m.ctid, m.id, m.vt, m.priority FROM " SEG " m"
+	" WHERE m.queue_id " OP("=") " $1 AND m.group_key " OP("=") " $2"
+	" ORDER BY m.id LIMIT 1",
+	2, {INT4OID, TEXTOID}, BROKER_STMT_INDEX, {NULL}
+};
+
+static BrokerStmt group_promote = {
+	"UPDATE " SEG " m SET queue_id = $1 WHERE m.ctid " OP("=") " $2",
+	2, {INT4OID, TIDOID}, BROKER_STMT_INDEX, {NULL}
+};
+
+/* Take (or try) a lock of one of our classes on (queue, hash of key). */
+static bool
+key_lock(uint16 class, int32 queue_id, text *key, bool wait)
+{
+	LOCKTAG		tag;
+	uint32		h = DatumGetUInt32(hash_any((const unsigned char *) VARDATA_ANY(key),
+											VARSIZE_ANY_EXHDR(key)));
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) queue_id, h, class);
+	return LockAcquire(&tag, ExclusiveLock, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+/* Lock a group for this transaction (see the file header). */
+bool
+BrokerGroupLock(int32 queue_id, text *key, bool wait)
+{
+	return key_lock(LOCK_CLASS_GROUP, queue_id, key, wait);
+}
+
+/* Lock a dedup key of a queue for this transaction (dedup.c). */
+void
+BrokerDedupKeyLock(int32 queue_id, text *key)
+{
+	(void) key_lock(LOCK_CLASS_DEDUP, queue_id, key, true);
+}
+
+/* True when the group has a head (the group's lock is held). */
+bool
+BrokerGroupHasHead(int32 queue_id, text *key)
+{
+	Datum		values[2];
+
+	values[0] = Int32GetDatum(queue_id);
+	values[1] = PointerGetDatum(key);
+	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
+	{
+		int			rc = BrokerStmtExecuteLatest(&group_head, seg, values, NULL, 1);
+
+		BrokerStmtCheck(rc, SPI_OK_SELECT, "looking for a group's head");
+		if (SPI_processed > 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * The group has no head (it left, or never was): make its first waiting
+ * message the head, if it has one.  The group's lock is held.  Returns
+ * whether a message was promoted.
+ */
+bool
+BrokerGroupPromote(int32 queue_id, text *key)
+{
+	Datum		values[2];
+	int			best = -1;
+	ItemPointerData best_tid;
+	int64		best_id = 0;
+	TimestampTz best_vt = 0;
+	int			best_priority = 0;
+
+	values[0] = Int32GetDatum(-queue_id);
+	values[1] = PointerGetDatum(key);
+	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
+	{
+		int			rc = BrokerStmtExecuteLatest(&group_next, seg, values, NULL, 1);
+		bool		isnull;
+		int64		id;
+
+		BrokerStmtCheck(rc, SPI_OK_SELECT, "looking for a group's next message");
+		if (SPI_processed == 0)
+			continue;
+		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										 2, &isnull));
+		if (best >= 0 && id >= best_id)
+			continue;
+		best = seg;
+		best_id = id;
+		best_tid = *(ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0],
+																SPI_tuptable->tupdesc,
+																1, &isnull));
+		best_vt = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+													SPI_tuptable->tupdesc, 3, &isnull));
+		best_priority = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0],
+													SPI_tuptable->tupdesc, 4, &isnull));
+	}
+	if (best < 0)
+		return false;
+
+	{
+		Datum		upd[2];
+		int			rc;
+
+		upd[0] = Int32GetDatum(queue_id);
+		upd[1] = PointerGetDatum(&best_tid);
+		rc = BrokerStmtExecuteLatest(&group_promote, best, upd, NULL, 0);
+		BrokerStmtCheck(rc, SPI_OK_UPDATE, "promoting a group's next message");
+		if (SPI_processed != 1)
+			elog(ERROR, "broker: a group's next message %lld vanished",
+				 (long long) best_id);
+	}
+
+	/* It is claimable now, with an id that may be below the mark. */
+	if (BrokerSharedMemoryReady())
+	{
+		BrokerQueueState *state = BrokerQueueStateGet(queue_id, true);
+
+		BrokerNotePriority(state, best_priority);
+		BrokerNoteMarkBelow(queue_id, best_priority, best_id);
+		if (best_vt > GetCurrentTimestamp())
+			BrokerNoteDue(queue_id, best_vt);
+		else
+			BrokerCount(queue_id, BROKER_COUNT_READY, 1);
+	}
+	return true;
+}
+
+/*
+ * A head left the queue: lock its group (waiting for a producer of the
+ * group that is adding to it) and promote the next message.
+ */
+void
+BrokerGroupHeadLeft(int32 queue_id, text *key)
+{
+	BrokerGroupLock(queue_id, key, true);
+	BrokerGroupPromote(queue_id, key);
+}

@@ -1,0 +1,21 @@
+/*-------------------------------------------------------------------------
+ *
+ * groups.h
+ *	  Inside the message store: ordered message groups (groups.c) and the
+ *	  locks of group and dedup keys.  Nothing outside the store includes
+ *	  this file.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BROKER_GROUPS_H
+#define BROKER_GROUPS_H
+
+#include "postgres.h"
+
+extern bool BrokerGroupLock(int32 queue_id, text *key, bool wait);
+extern bool BrokerGroupHasHead(int32 queue_id, text *key);
+extern bool BrokerGroupPromote(int32 queue_id, text *key);
+extern void BrokerGroupHeadLeft(int32 queue_id, text *key);
+extern void BrokerDedupKeyLock(int32 queue_id, text *key);
+
+#endif							/* BROKER_GROUPS_H */

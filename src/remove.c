@@ -1,0 +1,547 @@
+/*-------------------------------------------------------------------------
+ *
+ * remove.c
+ *	  The message store's statements that take messages out or change
+ *	  their lease: delete (by receipt, by id, many, claimed), lease
+ *	  updates, expiry, purge.
+ *
+ * A message that leaves the queue while it is the head of its ordered
+ * group hands the group on to the next message (groups.c): every delete
+ * here returns the queue id and the group key of what it removed, and the
+ * groups whose head left are handed on, in key order (so that two
+ * transactions never take group locks in opposite orders), before the
+ * call returns.  A message waiting behind its group's head (negated queue
+ * id) can be deleted by id, expired or purged like any other; it was never
+ * claimable, so nothing follows.
+ *
+ * Expiry takes rows FOR UPDATE SKIP LOCKED and never waits: the messages
+ * of ordered groups are expired one by one, each only if its group's lock
+ * can be had at once (else the next round does it), so that a head that
+ * expires hands its group on under the same rule as any other removal.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/timestamp.h"
+
+#include "groups.h"
+#include "segment.h"
+#include "sql.h"
+#include "store.h"
+
+#define OP(x) "OPERATOR(pg_catalog." x ")"
+#define SEG "broker.messages_%d"
+#define PERSEG BROKER_STMT_INDEX
+
+/* The queue's rows: claimable ones ($1) and those waiting in groups (-$1). */
+#define EITHER(col) col " " OP("=") " ANY (ARRAY[$1, " OP("-") " $1])"
+
+static BrokerStmt delete_tids = {
+	"DELETE FROM " SEG " m WHERE m.ctid " OP("=") " ANY ($1)",
+	1, {TIDARRAYOID}, PERSEG, {NULL}
+};
+
+static BrokerStmt delete_one = {
+	"DELETE FROM " SEG " m WHERE " EITHER("m.queue_id") " AND m.id " OP("=") " $2"
+	" RETURNING m.queue_id, m.group_key",
+	2, {INT4OID, INT8OID}, PERSEG, {NULL}
+};
+
+static BrokerStmt delete_receipt = {
+	"DELETE FROM " SEG " m WHERE m.queue_id " OP("=") " $1 AND m.id " OP("=") " $2"
+	"   AND m.receipt " OP("=") " $3 RETURNING m.queue_id, m.group_key",
+	3, {INT4OID, INT8OID, INT8OID}, PERSEG, {NULL}
+};
+
+static BrokerStmt delete_many = {
+	"DELETE FROM " SEG " m WHERE " EITHER("m.queue_id") " AND m.id " OP("=") " ANY ($2)"
+	" RETURNING m.id, m.queue_id, m.group_key",
+	2, {INT4OID, INT8ARRAYOID}, PERSEG, {NULL}
+};
+
+static BrokerStmt release_vt = {
+	"UPDATE " SEG " m SET vt = $4, receipt = NULL"
+	" WHERE m.queue_id " OP("=") " $1 AND m.id " OP("=") " $2"
+	"   AND m.receipt " OP("=") " $3 RETURNING m.vt",
+	4, {INT4OID, INT8OID, INT8OID, TIMESTAMPTZOID}, PERSEG, {NULL}
+};
+
+static BrokerStmt extend_vt = {
+	"UPDATE " SEG " m SET vt = $4"
+	" WHERE m.queue_id " OP("=") " $1 AND m.id " OP("=") " $2"
+	"   AND m.receipt " OP("=") " $3 RETURNING m.vt",
+	4, {INT4OID, INT8OID, INT8OID, TIMESTAMPTZOID}, PERSEG, {NULL}
+};
+
+static BrokerStmt purge = {
+	"DELETE FROM " SEG " m WHERE m.queue_id " OP("=") " $1 AND m.group_key IS NULL",
+	1, {INT4OID}, PERSEG, {NULL}
+};
+
+/* Grouped messages: the heads' groups are handed on (see BrokerStorePurge). */
+static BrokerStmt purge_grouped = {
+	"DELETE FROM " SEG " m WHERE " EITHER("m.queue_id") " AND m.group_key IS NOT NULL"
+	" RETURNING m.queue_id, m.group_key",
+	1, {INT4OID}, PERSEG, {NULL}
+};
+
+/*
+ * Expiry of messages outside ordered groups, of every queue and of one.
+ * Unlike the others these are planned at each call: a generic plan made
+ * while a segment is empty would scan the whole segment for as long as it
+ * lives, while a custom plan sees the table's size and the cut-off and
+ * picks the expiry index.  Rows other transactions hold are skipped, so
+ * the reaper never waits on a consumer.
+ */
+#define EXPIRE_SQL(cond) \
+	"DELETE FROM " SEG " m" \
+	" WHERE m.ctid " OP("=") " ANY (ARRAY(" \
+	"   SELECT x.ctid FROM " SEG " x" \
+	"    WHERE " cond "x.expires_at " OP("<=") " $1 AND x.group_key IS NULL" \
+	"    ORDER BY x.expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))" \
+	" RETURNING m.queue_id"
+
+static BrokerStmt expire_all = {
+	EXPIRE_SQL(""), 2, {TIMESTAMPTZOID, INT8OID}, BROKER_STMT_CUSTOM, {NULL}
+};
+
+static BrokerStmt expire_queue = {
+	EXPIRE_SQL("x.queue_id " OP("=") " $3 AND "), 3,
+	{TIMESTAMPTZOID, INT8OID, INT4OID}, BROKER_STMT_CUSTOM, {NULL}
+};
+
+/* Expired messages of ordered groups: candidates, then one at a time. */
+#define EXPIRED_GROUPED_SQL(cond) \
+	"SELECT x.ctid, x.queue_id, x.group_key FROM " SEG " x" \
+	" WHERE " cond "x.expires_at " OP("<=") " $1 AND x.group_key IS NOT NULL" \
+	" ORDER BY x.expires_at LIMIT $2"
+
+static BrokerStmt expired_grouped_all = {
+	EXPIRED_GROUPED_SQL(""), 2, {TIMESTAMPTZOID, INT8OID},
+	BROKER_STMT_CUSTOM, {NULL}
+};
+
+static BrokerStmt expired_grouped_queue = {
+	EXPIRED_GROUPED_SQL("x.queue_id " OP("=") " ANY (ARRAY[$3, " OP("-") " $3]) AND "),
+	3, {TIMESTAMPTZOID, INT8OID, INT4OID}, BROKER_STMT_CUSTOM, {NULL}
+};
+
+static BrokerStmt expire_grouped_one = {
+	"DELETE FROM " SEG " m"
+	" WHERE m.ctid " OP("=") " ANY (ARRAY("
+	"   SELECT x.ctid FROM " SEG " x WHERE x.ctid " OP("=") " $1"
+	"      AND x.expires_at " OP("<=") " $2 FOR UPDATE SKIP LOCKED))"
+	" RETURNING m.queue_id",
+	2, {TIDOID, TIMESTAMPTZOID}, PERSEG, {NULL}
+};
+
+/* Groups whose head left, collected while deleting, handed on at the end. */
+typedef struct LeftHeads
+{
+	int32		queue_id;
+	text	  **keys;
+	int			n;
+	int			cap;
+} LeftHeads;
+
+static void
+left_init(LeftHeads *l, int32 queue_id)
+{
+	l->queue_id = queue_id;
+	l->keys = NULL;
+	l->n = 0;
+	l->cap = 0;
+}
+
+/* Note a removed row: if it was a group's head, its group moves on. */
+static void
+left_note(LeftHeads *l, int32 row_queue_id, Datum key, bool key_null)
+{
+	if (key_null || row_queue_id < 0)
+		return;
+	if (l->n == l->cap)
+	{
+		l->cap = l->cap == 0 ? 8 : l->cap * 2;
+		l->keys = l->keys == NULL ? palloc(sizeof(text *) * l->cap) :
+			repalloc(l->keys, sizeof(text *) * l->cap);
+	}
+	/* out of the statement's tuple table, which the next one may replace */
+	l->keys[l->n++] = DatumGetTextPCopy(key);
+}
+
+/* Hand on every group whose head left, in key order. */
+static void
+left_finish(LeftHeads *l)
+{
+	if (l->n == 0)
+		return;
+	qsort(l->keys, l->n, sizeof(text *), BrokerCompareKeyPtrs);
+	for (int i = 0; i < l->n; i++)
+	{
+		if (i > 0 && BrokerCompareKeys(l->keys[i - 1], l->keys[i]) == 0)
+			continue;
+		BrokerGroupHeadLeft(l->queue_id, l->keys[i]);
+	}
+}
+
+/* Build a tid[] of the given rows that are in one part. */
+static ArrayType *
+tids_of_part(const BrokerClaimed *rows, int n, int part, int *count)
+{
+	Datum	   *tids = palloc(sizeof(Datum) * Max(n, 1));
+	int			k = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		if (rows[i].ref.part == part)
+			tids[k++] = PointerGetDatum(&rows[i].ref.tid);
+	}
+	*count = k;
+	return construct_array(tids, k, TIDOID, sizeof(ItemPointerData), false,
+						   TYPALIGN_SHORT);
+}
+
+/*
+ * Delete claimed rows (locked by this transaction); the groups of those
+ * that were heads move on.
+ */
+void
+BrokerStoreDeleteClaimed(int32 queue_id, const BrokerClaimed *rows, int n)
+{
+	LeftHeads	left;
+
+	left_init(&left, queue_id);
+	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
+	{
+		int			k;
+		Datum		arg[1];
+		int			rc;
+
+		arg[0] = PointerGetDatum(tids_of_part(rows, n, seg, &k));
+		if (k == 0)
+			continue;
+		rc = BrokerStmtExecute(&delete_tids, seg, arg, NULL, 0);
+		BrokerStmtCheck(rc, SPI_OK_DELETE, "deleting claimed messages");
+	}
+	for (int i = 0; i < n; i++)
+	{
+		if (rows[i].group_key != NULL)
+			left_note(&left, queue_id, PointerGetDatum(rows[i].group_key), false);
+	}
+	left_finish(&left);
+}
+
+/*
+ * Delete one message, only with that receipt if has_receipt; "where" (or
+ * NULL) says where a row this transaction claimed is.  True if deleted.
+ */
+bool
+BrokerStoreDelete(int32 queue_id, int64 id, bool has_receipt, int64 receipt,
+				  const BrokerRowRef *where)
+{
+	int			segs[BROKER_SEGMENTS];
+	int			nsegs;
+	Datum		values[3];
+
+	if (where != NULL)
+	{
+		segs[0] = where->part;
+		nsegs = 1;
+	}
+	else
+		nsegs = BrokerSegmentLookupOrder(id, segs);
+
+	values[0] = Int32GetDatum(queue_id);
+	values[1] = Int64GetDatum(id);
+	values[2] = Int64GetDatum(receipt);
+	for (int i = 0; i < nsegs; i++)
+	{
+		int			rc = BrokerStmtExecute(has_receipt ? &delete_receipt : &delete_one,
+										   segs[i], values, NULL, 0);
+
+		BrokerStmtCheck(rc, SPI_OK_DELETE_RETURNING, "delete");
+		if (SPI_processed > 0)
+		{
+			LeftHeads	left;
+			bool		isnull;
+			bool		key_null;
+			int32		row_queue = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+																SPI_tuptable->tupdesc,
+																1, &isnull));
+			Datum		key = SPI_getbinval(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 2, &key_null);
+
+			left_init(&left, queue_id);
+			left_note(&left, row_queue, key, key_null);
+			left_finish(&left);
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * Delete the messages of a queue with the given ids; returns how many were
+ * deleted, their ids in *deleted.  Every segment is tried: drained ones are
+ * only a hint (segment.c).
+ */
+int
+BrokerStoreDeleteMany(int32 queue_id, ArrayType *ids, int64 **deleted)
+{
+	int			cap = 16;
+	int64	   *out = palloc(sizeof(int64) * cap);
+	int			n = 0;
+	Datum		values[2];
+	LeftHeads	left;
+
+	left_init(&left, queue_id);
+	values[0] = Int32GetDatum(queue_id);
+	values[1] = PointerGetDatum(ids);
+	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
+	{
+		int			rc = BrokerStmtExecute(&delete_many, seg, values, NULL, 0);
+
+		BrokerStmtCheck(rc, SPI_OK_DELETE_RETURNING, "delete");
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			bool		key_null;
+			Datum		key;
+
+			if (n == cap)
+			{
+				cap *= 2;
+				out = repalloc(out, sizeof(int64) * cap);
+			}
+			out[n++] = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+			key = SPI_getbinval(tup, desc, 3, &key_null);
+			left_note(&left, DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull)),
+					  key, key_null);
+		}
+	}
+	left_finish(&left);
+	*deleted = out;
+	return n;
+}
+
+/*
+ * Set a leased message's visibility time if the receipt is its current
+ * one: extend the lease, or give it back (release: receipt cleared).  True
+ * if a row was changed; *vt_out gets the new time.  A released head stays
+ * its group's head: it is the group's next delivery.
+ */
+bool
+BrokerStoreSetVt(int32 queue_id, int64 id, int64 receipt, TimestampTz vt,
+				 bool release, TimestampTz *vt_out)
+{
+	int			segs[BROKER_SEGMENTS];
+	int			nsegs = BrokerSegmentLookupOrder(id, segs);
+	Datum		values[4];
+
+	values[0] = Int32GetDatum(queue_id);
+	values[1] = Int64GetDatum(id);
+	values[2] = Int64GetDatum(receipt);
+	values[3] = TimestampTzGetDatum(vt);
+	for (int i = 0; i < nsegs; i++)
+	{
+		int			rc = BrokerStmtExecute(release ? &release_vt : &extend_vt,
+										   segs[i], values, NULL, 0);
+
+		BrokerStmtCheck(rc, SPI_OK_UPDATE_RETURNING, "lease update");
+		if (SPI_processed > 0)
+		{
+			bool		isnull;
+
+			if (vt_out)
+				*vt_out = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+															SPI_tuptable->tupdesc,
+															1, &isnull));
+			return true;
+		}
+	}
+	return false;
+}
+
+/* qsort comparator of int32. */
+static int
+cmp_int32(const void *a, const void *b)
+{
+	int32		x = *(const int32 *) a;
+	int32		y = *(const int32 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/* Count removed rows per queue: sort the queue ids, count the runs. */
+static void
+count_runs(int32 *ids, uint64 n, BrokerExpiredFn counted)
+{
+	qsort(ids, n, sizeof(int32), cmp_int32);
+	for (uint64 i = 0, start = 0; i <= n; i++)
+	{
+		if (i == n || ids[i] != ids[start])
+		{
+			counted(ids[start], (int64) (i - start));
+			start = i;
+		}
+	}
+}
+
+/*
+ * Expire up to "limit" messages of ordered groups in one segment, each
+ * under its group's lock if it can be had at once; returns how many.
+ */
+static uint64
+expire_grouped(int seg, int32 queue_id, TimestampTz now, int limit,
+			   BrokerExpiredFn counted)
+{
+	Datum		values[3];
+	int			rc;
+	uint64		ncand;
+	ItemPointerData *tids;
+	int32	   *queues;
+	text	  **keys;
+	int32	   *done;
+	uint64		n = 0;
+
+	values[0] = TimestampTzGetDatum(now);
+	values[1] = Int64GetDatum((int64) limit);
+	values[2] = Int32GetDatum(queue_id);
+	rc = BrokerStmtExecute(queue_id > 0 ? &expired_grouped_queue : &expired_grouped_all,
+						   seg, values, NULL, 0);
+	BrokerStmtCheck(rc, SPI_OK_SELECT, "reaping");
+	ncand = SPI_processed;
+	if (ncand == 0)
+		return 0;
+	tids = palloc(sizeof(ItemPointerData) * ncand);
+	queues = palloc(sizeof(int32) * ncand);
+	keys = palloc(sizeof(text *) * ncand);
+	done = palloc(sizeof(int32) * ncand);
+	for (uint64 i = 0; i < ncand; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		tids[i] = *(ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 1, &isnull));
+		queues[i] = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		keys[i] = DatumGetTextPCopy(SPI_getbinval(tup, desc, 3, &isnull));
+	}
+	for (uint64 i = 0; i < ncand; i++)
+	{
+		int32		q = queues[i] < 0 ? -queues[i] : queues[i];
+		Datum		del[2];
+
+		CHECK_FOR_INTERRUPTS();
+		if (!BrokerGroupLock(q, keys[i], false))
+			continue;			/* a producer or consumer has the group: later */
+		del[0] = PointerGetDatum(&tids[i]);
+		del[1] = TimestampTzGetDatum(now);
+		rc = BrokerStmtExecute(&expire_grouped_one, seg, del, NULL, 0);
+		BrokerStmtCheck(rc, SPI_OK_DELETE_RETURNING, "reaping");
+		if (SPI_processed == 0)
+			continue;			/* taken, or gone, meanwhile */
+		done[n++] = q;
+		if (queues[i] > 0)
+			BrokerGroupPromote(q, keys[i]);
+	}
+	if (n > 0)
+		count_runs(done, n, counted);
+	return n;
+}
+
+/*
+ * Delete up to "limit" messages per segment that have expired at "now" (of
+ * one queue if queue_id > 0); "counted" gets how many per queue.  Returns
+ * how many in all.
+ */
+uint64
+BrokerStoreExpire(int32 queue_id, TimestampTz now, int limit,
+				  BrokerExpiredFn counted)
+{
+	int			segs[BROKER_SEGMENTS];
+	int			nsegs = BrokerSegmentScanOrder(segs);
+	uint64		total = 0;
+	Datum		values[3];
+
+	values[0] = TimestampTzGetDatum(now);
+	values[1] = Int64GetDatum((int64) limit);
+	values[2] = Int32GetDatum(queue_id);
+	for (int s = 0; s < nsegs; s++)
+	{
+		uint64		n;
+		int32	   *ids;
+		int			rc;
+
+		CHECK_FOR_INTERRUPTS();
+		rc = BrokerStmtExecute(queue_id > 0 ? &expire_queue : &expire_all,
+							   segs[s], values, NULL, 0);
+		BrokerStmtCheck(rc, SPI_OK_DELETE_RETURNING, "reaping");
+		n = SPI_processed;
+		if (n > 0)
+		{
+			ids = palloc(n * sizeof(int32));
+			for (uint64 i = 0; i < n; i++)
+			{
+				bool		isnull;
+
+				ids[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+			}
+			count_runs(ids, n, counted);
+			pfree(ids);
+			total += n;
+		}
+		total += expire_grouped(segs[s], queue_id, now, limit, counted);
+	}
+	return total;
+}
+
+/*
+ * Delete every message of a queue, in every segment; returns how many.  A
+ * producer may be adding a message behind a head this removes: the groups
+ * of the removed heads are handed on, which waits for such a producer and
+ * promotes its message.
+ */
+uint64
+BrokerStorePurge(int32 queue_id)
+{
+	Datum		values[1];
+	uint64		n = 0;
+	LeftHeads	left;
+
+	left_init(&left, queue_id);
+	values[0] = Int32GetDatum(queue_id);
+	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
+	{
+		int			rc = BrokerStmtExecute(&purge, seg, values, NULL, 0);
+
+		BrokerStmtCheck(rc, SPI_OK_DELETE, "deleting messages");
+		n += SPI_processed;
+		CHECK_FOR_INTERRUPTS();
+		rc = BrokerStmtExecute(&purge_grouped, seg, values, NULL, 0);
+		BrokerStmtCheck(rc, SPI_OK_DELETE_RETURNING, "deleting messages");
+		n += SPI_processed;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			bool		key_null;
+			Datum		key = SPI_getbinval(SPI_tuptable->vals[i],
+											SPI_tuptable->tupdesc, 2, &key_null);
+
+			left_note(&left, DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+														 SPI_tuptable->tupdesc,
+														 1, &isnull)),
+					  key, key_null);
+		}
+	}
+	left_finish(&left);
+	return n;
+}
