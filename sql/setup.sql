@@ -42,13 +42,13 @@ END $$;
 -- lease or delay that was running has run out.
 CREATE FUNCTION regress.wait_due(queue text) RETURNS boolean LANGUAGE sql AS $$
     SELECT regress.wait_until(format(
-        'SELECT NOT EXISTS (SELECT FROM broker.messages m JOIN broker.queue_defs d USING (queue_id)'
+        'SELECT NOT EXISTS (SELECT FROM broker.messages m JOIN broker.queue_defs d ON d.queue_id = abs(m.queue_id)'
         ' WHERE d.name = %L AND m.vt > clock_timestamp())', queue))
 $$;
 
 -- Wait until every message of a queue that has a ttl has expired.
 CREATE FUNCTION regress.wait_expired(queue text) RETURNS boolean LANGUAGE sql AS $$
     SELECT regress.wait_until(format(
-        'SELECT NOT EXISTS (SELECT FROM broker.messages m JOIN broker.queue_defs d USING (queue_id)'
+        'SELECT NOT EXISTS (SELECT FROM broker.messages m JOIN broker.queue_defs d ON d.queue_id = abs(m.queue_id)'
         ' WHERE d.name = %L AND m.expires_at > clock_timestamp())', queue))
 $$;

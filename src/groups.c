@@ -55,15 +55,21 @@ static BrokerStmt group_head = {
 
 /* The group's first waiting message ($1: the queue id negated). */
 static BrokerStmt group_next = {
-	"SELECT m.ctid, m.id, m.vt, m.priority FROM " SEG " m"
+	"SELECT m.ctid, m.id, m.vt, m.priority, m.expires_at " OP("<=") " $3 FROM " SEG " m"
 	" WHERE m.queue_id " OP("=") " $1 AND m.group_key " OP("=") " $2"
 	" ORDER BY m.id LIMIT 1",
-	2, {INT4OID, TEXTOID}, BROKER_STMT_INDEX, {NULL}
+	3, {INT4OID, TEXTOID, TIMESTAMPTZOID}, BROKER_STMT_INDEX, {NULL}
 };
 
 static BrokerStmt group_promote = {
 	"UPDATE " SEG " m SET queue_id = $1 WHERE m.ctid " OP("=") " $2",
 	2, {INT4OID, TIDOID}, BROKER_STMT_INDEX, {NULL}
+};
+
+/* An expired waiting message, removed instead of promoted. */
+static BrokerStmt group_drop_expired = {
+	"DELETE FROM " SEG " m WHERE m.ctid " OP("=") " $1",
+	1, {TIDOID}, BROKER_STMT_INDEX, {NULL}
 };
 
 /* Take (or try) a lock of one of our classes on (queue, hash of key). */
@@ -113,73 +119,95 @@ BrokerGroupHasHead(int32 queue_id, text *key)
 
 /*
  * The group has no head (it left, or never was): make its first waiting
- * message the head, if it has one.  The group's lock is held.  Returns
- * whether a message was promoted.
+ * message the head, if it has one.  Waiting messages that have expired on
+ * the way are removed and counted as expired (*expired, if not NULL, is
+ * increased by how many), so a run of them never holds the group up for
+ * more than one call.  The group's lock is held.  Returns whether a
+ * message was promoted.
  */
 bool
-BrokerGroupPromote(int32 queue_id, text *key)
+BrokerGroupPromote(int32 queue_id, text *key, int64 *expired)
 {
-	Datum		values[2];
-	int			best = -1;
-	ItemPointerData best_tid;
-	int64		best_id = 0;
-	TimestampTz best_vt = 0;
-	int			best_priority = 0;
+	TimestampTz now = GetCurrentTimestamp();
 
-	values[0] = Int32GetDatum(-queue_id);
-	values[1] = PointerGetDatum(key);
-	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
+	for (;;)
 	{
-		int			rc = BrokerStmtExecuteLatest(&group_next, seg, values, NULL, 1);
-		bool		isnull;
-		int64		id;
-
-		BrokerStmtCheck(rc, SPI_OK_SELECT, "looking for a group's next message");
-		if (SPI_processed == 0)
-			continue;
-		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-										 2, &isnull));
-		if (best >= 0 && id >= best_id)
-			continue;
-		best = seg;
-		best_id = id;
-		best_tid = *(ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0],
-																SPI_tuptable->tupdesc,
-																1, &isnull));
-		best_vt = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
-													SPI_tuptable->tupdesc, 3, &isnull));
-		best_priority = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0],
-													SPI_tuptable->tupdesc, 4, &isnull));
-	}
-	if (best < 0)
-		return false;
-
-	{
+		Datum		values[3];
+		int			best = -1;
+		ItemPointerData best_tid;
+		int64		best_id = 0;
+		TimestampTz best_vt = 0;
+		int			best_priority = 0;
+		bool		best_expired = false;
 		Datum		upd[2];
 		int			rc;
+
+		CHECK_FOR_INTERRUPTS();
+		values[0] = Int32GetDatum(-queue_id);
+		values[1] = PointerGetDatum(key);
+		values[2] = TimestampTzGetDatum(now);
+		for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
+		{
+			HeapTuple	tup;
+			TupleDesc	desc;
+			bool		isnull;
+			int64		id;
+
+			rc = BrokerStmtExecuteLatest(&group_next, seg, values, NULL, 1);
+			BrokerStmtCheck(rc, SPI_OK_SELECT, "looking for a group's next message");
+			if (SPI_processed == 0)
+				continue;
+			tup = SPI_tuptable->vals[0];
+			desc = SPI_tuptable->tupdesc;
+			id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+			if (best >= 0 && id >= best_id)
+				continue;
+			best = seg;
+			best_id = id;
+			best_tid = *(ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 1, &isnull));
+			best_vt = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
+			best_priority = DatumGetInt16(SPI_getbinval(tup, desc, 4, &isnull));
+			best_expired = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull)) && !isnull;
+		}
+		if (best < 0)
+			return false;
+
+		if (best_expired)
+		{
+			upd[0] = PointerGetDatum(&best_tid);
+			rc = BrokerStmtExecuteLatest(&group_drop_expired, best, upd, NULL, 0);
+			BrokerStmtCheck(rc, SPI_OK_DELETE, "removing a group's expired message");
+			if (SPI_processed == 1)
+			{
+				if (expired)
+					(*expired)++;
+				BrokerCount(queue_id, BROKER_COUNT_EXPIRED, 1);
+			}
+			continue;
+		}
 
 		upd[0] = Int32GetDatum(queue_id);
 		upd[1] = PointerGetDatum(&best_tid);
 		rc = BrokerStmtExecuteLatest(&group_promote, best, upd, NULL, 0);
 		BrokerStmtCheck(rc, SPI_OK_UPDATE, "promoting a group's next message");
+		/* Removed meanwhile (a purge that committed): look again. */
 		if (SPI_processed != 1)
-			elog(ERROR, "broker: a group's next message %lld vanished",
-				 (long long) best_id);
-	}
+			continue;
 
-	/* It is claimable now, with an id that may be below the mark. */
-	if (BrokerSharedMemoryReady())
-	{
-		BrokerQueueState *state = BrokerQueueStateGet(queue_id, true);
+		/* It is claimable now, with an id that may be below the mark. */
+		if (BrokerSharedMemoryReady())
+		{
+			BrokerQueueState *state = BrokerQueueStateGet(queue_id, true);
 
-		BrokerNotePriority(state, best_priority);
-		BrokerNoteMarkBelow(queue_id, best_priority, best_id);
-		if (best_vt > GetCurrentTimestamp())
-			BrokerNoteDue(queue_id, best_vt);
-		else
-			BrokerCount(queue_id, BROKER_COUNT_READY, 1);
+			BrokerNotePriority(state, best_priority);
+			BrokerNoteMarkBelow(queue_id, best_priority, best_id);
+			if (best_vt > now)
+				BrokerNoteDue(queue_id, best_vt);
+			else
+				BrokerCount(queue_id, BROKER_COUNT_READY, 1);
+		}
+		return true;
 	}
-	return true;
 }
 
 /*
@@ -190,5 +218,5 @@ void
 BrokerGroupHeadLeft(int32 queue_id, text *key)
 {
 	BrokerGroupLock(queue_id, key, true);
-	BrokerGroupPromote(queue_id, key);
+	(void) BrokerGroupPromote(queue_id, key, NULL);
 }

@@ -14,7 +14,7 @@
 
 extern bool BrokerGroupLock(int32 queue_id, text *key, bool wait);
 extern bool BrokerGroupHasHead(int32 queue_id, text *key);
-extern bool BrokerGroupPromote(int32 queue_id, text *key);
+extern bool BrokerGroupPromote(int32 queue_id, text *key, int64 *expired);
 extern void BrokerGroupHeadLeft(int32 queue_id, text *key);
 extern void BrokerDedupKeyLock(int32 queue_id, text *key);
 

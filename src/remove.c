@@ -410,6 +410,7 @@ expire_grouped(int seg, int32 queue_id, TimestampTz now, int limit,
 	text	  **keys;
 	int32	   *done;
 	uint64		n = 0;
+	int64		more = 0;		/* expired ones met while promoting */
 
 	values[0] = TimestampTzGetDatum(now);
 	values[1] = Int64GetDatum((int64) limit);
@@ -450,11 +451,11 @@ expire_grouped(int seg, int32 queue_id, TimestampTz now, int limit,
 			continue;			/* taken, or gone, meanwhile */
 		done[n++] = q;
 		if (queues[i] > 0)
-			BrokerGroupPromote(q, keys[i]);
+			(void) BrokerGroupPromote(q, keys[i], &more);
 	}
 	if (n > 0)
 		count_runs(done, n, counted);
-	return n;
+	return n + (uint64) more;
 }
 
 /*

@@ -185,7 +185,8 @@ static bool
 group_has_head(int32 queue_id, text *key)
 {
 	BrokerGroupLock(queue_id, key, true);
-	return BrokerGroupHasHead(queue_id, key) || BrokerGroupPromote(queue_id, key);
+	return BrokerGroupHasHead(queue_id, key) ||
+		BrokerGroupPromote(queue_id, key, NULL);
 }
 
 /*

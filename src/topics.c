@@ -436,6 +436,7 @@ change_subscription(FunctionCallInfo fcinfo, bool add)
 	BrokerQueue q;
 	Datum		values[2];
 	int			rc;
+	bool		changed;
 
 	BrokerRequireArg(fcinfo, 1, "pattern");
 	pattern = PG_GETARG_TEXT_PP(1);
@@ -449,10 +450,11 @@ change_subscription(FunctionCallInfo fcinfo, bool add)
 	rc = BrokerStmtExecute(add ? &insert_sub : &delete_sub, -1, values, NULL, 0);
 	BrokerStmtCheck(rc, add ? SPI_OK_INSERT : SPI_OK_DELETE,
 					add ? "subscribing" : "unsubscribing");
-	if (SPI_processed > 0)
+	changed = SPI_processed > 0;
+	if (changed)
 		subscriptions_changed();
 	BrokerSPIFinish();
-	return SPI_processed > 0;
+	return changed;
 }
 
 /* broker.subscribe(queue, pattern): true when added. */
