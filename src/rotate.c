@@ -52,7 +52,7 @@
 #define TRUNCATE_SQL "TRUNCATE broker.messages_%d"
 #define TRUNCATE_DEDUP_SQL "TRUNCATE broker.dedup_%d"
 #define DEDUP_HAS_ROWS_SQL "SELECT 1 FROM broker.dedup_%d LIMIT 1"
-#define BROKER_DEDUP_MIN_TURN_US	(60 * USECS_PER_SEC)
+#define BROKER_DEDUP_MIN_TURN_US	USECS_PER_SEC
 #define MAX_WINDOW_SQL \
 	"SELECT pg_catalog.max(q.dedup_window) FROM broker.queue_defs q"
 #define LAST_ID_SQL "SELECT s.last_value FROM broker.message_id_seq s"
@@ -254,7 +254,7 @@ maintain_dedup(SegState *st)
 		BrokerDedupSet(st, &dt);
 	}
 
-	/* Not more often than once a minute, however short the windows. */
+	/* Not more often than once a second, however short the windows. */
 	if (dt.other_empty && BrokerTimestampPlus(dt.since, &maxwin) <= now &&
 		now - dt.since >= BROKER_DEDUP_MIN_TURN_US)
 	{
