@@ -48,14 +48,19 @@ static BrokerStmt find_key = {
 	3, {INT4OID, TEXTOID, TIMESTAMPTZOID}, BROKER_STMT_INDEX, {NULL}
 };
 
-/* A key seen before, whose window has passed, is recorded anew. */
-static BrokerStmt record_keys = {
+/*
+ * Record a key in the table that takes new keys, unless that table has it
+ * within the window ($5: the window's start): then nothing is returned.  A
+ * key seen before, whose window has passed, is recorded anew.
+ */
+static BrokerStmt claim_key = {
 	"INSERT INTO broker.dedup_%d AS d (queue_id, dedup_key, id, enqueued_at)"
-	" SELECT $1, u.k, u.i, $4"
-	"   FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(k, i)"
+	" VALUES ($1, $2, $3, $4)"
 	" ON CONFLICT (queue_id, dedup_key)"
-	" DO UPDATE SET id = EXCLUDED.id, enqueued_at = EXCLUDED.enqueued_at",
-	4, {INT4OID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZOID}, 0, {NULL}
+	" DO UPDATE SET id = EXCLUDED.id, enqueued_at = EXCLUDED.enqueued_at"
+	"   WHERE d.enqueued_at " OP("<=") " $5"
+	" RETURNING d.id",
+	5, {INT4OID, TEXTOID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID}, 0, {NULL}
 };
 
 static BrokerStmt forget_keys = {
@@ -79,80 +84,64 @@ BrokerStoreDedupLock(int32 queue_id, text **keys, int n)
 	}
 }
 
-/*
- * The id of the message the queue accepted with this key after "since"
- * (the start of the window), or 0.  The key's lock is held.
- */
-int64
-BrokerStoreDedupFind(int32 queue_id, text *key, TimestampTz since)
+/* The id a table has for the key within the window, or 0. */
+static int64
+find_in(int table, int32 queue_id, text *key, TimestampTz since)
 {
-	BrokerDedupTables dt;
 	Datum		values[3];
-	int64		id = 0;
-	TimestampTz newest = DT_NOBEGIN;
+	bool		isnull;
+	int			rc;
 
-	BrokerDedupGet(BrokerSegmentState(), &dt);
 	values[0] = Int32GetDatum(queue_id);
 	values[1] = PointerGetDatum(key);
 	values[2] = TimestampTzGetDatum(since);
-	for (int i = 0; i < BROKER_DEDUP_TABLES; i++)
-	{
-		int			t = (dt.cur + i) % BROKER_DEDUP_TABLES;
-		int			rc;
-
-		/* An emptied table holds nothing within any window. */
-		if (t != dt.cur && dt.other_empty)
-			continue;
-		rc = BrokerStmtExecuteLatest(&find_key, t, values, NULL, 1);
-		BrokerStmtCheck(rc, SPI_OK_SELECT, "looking up a dedup key");
-		if (SPI_processed == 1)
-		{
-			bool		isnull;
-			TimestampTz at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
-															   SPI_tuptable->tupdesc,
-															   2, &isnull));
-
-			if (at > newest)
-			{
-				newest = at;
-				id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-												 SPI_tuptable->tupdesc, 1, &isnull));
-			}
-		}
-	}
-	return id;
+	rc = BrokerStmtExecuteLatest(&find_key, table, values, NULL, 1);
+	BrokerStmtCheck(rc, SPI_OK_SELECT, "looking up a dedup key");
+	if (SPI_processed == 0)
+		return 0;
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									   SPI_tuptable->tupdesc, 1, &isnull));
 }
 
 /*
- * Record that the queue accepted these keys (distinct, locked) with these
- * messages, at enqueued_at, in the table that takes new keys.
+ * The queue accepts a message with this key (whose lock is held): if it
+ * accepted one with the key after "since" (the start of the window),
+ * returns that message's id; else records the key with the new message's
+ * id and enqueue time, and returns 0.  One statement when the other table
+ * is empty: the insert into the current table finds a key there itself.
  */
-void
-BrokerStoreDedupRecord(int32 queue_id, text **keys, const int64 *ids, int n,
-					   TimestampTz enqueued_at)
+int64
+BrokerStoreDedupClaim(int32 queue_id, text *key, int64 id,
+					  TimestampTz enqueued_at, TimestampTz since)
 {
 	BrokerDedupTables dt;
-	Datum	   *kd = palloc(sizeof(Datum) * Max(n, 1));
-	Datum	   *id = palloc(sizeof(Datum) * Max(n, 1));
-	Datum		values[4];
+	Datum		values[5];
+	int64		found;
 	int			rc;
 
-	if (n == 0)
-		return;
-	for (int i = 0; i < n; i++)
-	{
-		kd[i] = PointerGetDatum(keys[i]);
-		id[i] = Int64GetDatum(ids[i]);
-	}
 	BrokerDedupGet(BrokerSegmentState(), &dt);
+
+	/* An emptied table holds nothing within any window. */
+	if (!dt.other_empty)
+	{
+		found = find_in((dt.cur + 1) % BROKER_DEDUP_TABLES, queue_id, key, since);
+		if (found != 0)
+			return found;
+	}
+
 	values[0] = Int32GetDatum(queue_id);
-	values[1] = PointerGetDatum(construct_array(kd, n, TEXTOID, -1, false,
-												TYPALIGN_INT));
-	values[2] = PointerGetDatum(construct_array(id, n, INT8OID, sizeof(int64),
-												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[1] = PointerGetDatum(key);
+	values[2] = Int64GetDatum(id);
 	values[3] = TimestampTzGetDatum(enqueued_at);
-	rc = BrokerStmtExecuteLatest(&record_keys, dt.cur, values, NULL, 0);
-	BrokerStmtCheck(rc, SPI_OK_INSERT, "recording dedup keys");
+	values[4] = TimestampTzGetDatum(since);
+	rc = BrokerStmtExecuteLatest(&claim_key, dt.cur, values, NULL, 0);
+	BrokerStmtCheck(rc, SPI_OK_INSERT_RETURNING, "recording a dedup key");
+	if (SPI_processed == 1)
+		return 0;
+	found = find_in(dt.cur, queue_id, key, since);
+	if (found == 0)
+		elog(ERROR, "broker: dedup key of queue %d neither recorded nor found", queue_id);
+	return found;
 }
 
 /* A queue is dropped: forget its keys, in both tables. */

@@ -178,19 +178,19 @@ cmp_keyref(const void *a, const void *b)
 }
 
 /*
- * Decide which elements of a batch with dedup keys are stored: an element
- * whose key the queue accepted within its window gets that message's id
- * (ids[i] set, store[i] false); a key repeated in the batch gets the id of
- * its first occurrence (same_as[i] = that element).  The keys are locked.
+ * The dedup keys of a batch, first step: lock them (in key order), and
+ * mark an element whose key came earlier in the batch as not stored, the
+ * same as that first occurrence (same_as[i]).  Returns the first
+ * occurrences, sorted by key, for dedup_batch_claim.
  */
-static void
-dedup_batch(const BrokerQueue *q, text **keys, int n, TimestampTz now,
-			int64 *ids, bool *store, int *same_as)
+static KeyRef *
+dedup_batch_lock(const BrokerQueue *q, text **keys, int n, bool *store,
+				 int *same_as, int *nfirst)
 {
 	KeyRef	   *refs = palloc(sizeof(KeyRef) * Max(n, 1));
 	text	  **lock = palloc(sizeof(text *) * Max(n, 1));
 	int			nrefs = 0;
-	TimestampTz since = BrokerDedupSince(q, now);
+	int			k = 0;
 
 	for (int i = 0; i < n; i++)
 	{
@@ -203,32 +203,43 @@ dedup_batch(const BrokerQueue *q, text **keys, int n, TimestampTz now,
 	}
 	BrokerStoreDedupLock(q->queue_id, lock, nrefs);
 	qsort(refs, nrefs, sizeof(KeyRef), cmp_keyref);
-	for (int r = 0; r < nrefs;)
+	for (int r = 0; r < nrefs; r++)
 	{
-		int			first = refs[r].element;
+		if (k > 0 && BrokerCompareKeys(refs[k - 1].key, refs[r].key) == 0)
+		{
+			store[refs[r].element] = false;
+			same_as[refs[r].element] = refs[k - 1].element;
+			continue;
+		}
+		refs[k++] = refs[r];
+	}
+	*nfirst = k;
+	return refs;
+}
+
+/*
+ * Second step, once the ids are allocated: each first occurrence claims
+ * its key; one the queue accepted within its window is not stored and gets
+ * the earlier message's id (and so do its repeats, through same_as).
+ */
+static void
+dedup_batch_claim(const BrokerQueue *q, const KeyRef *firsts, int nfirst,
+				  TimestampTz now, int64 *ids, bool *store)
+{
+	TimestampTz since = BrokerDedupSince(q, now);
+
+	for (int r = 0; r < nfirst; r++)
+	{
+		int			e = firsts[r].element;
 		int64		found;
-		int			end = r + 1;
 
 		CHECK_FOR_INTERRUPTS();
-		while (end < nrefs && BrokerCompareKeys(refs[end].key, refs[r].key) == 0)
-			end++;
-		found = BrokerStoreDedupFind(q->queue_id, refs[r].key, since);
-		for (int k = r; k < end; k++)
+		found = BrokerStoreDedupClaim(q->queue_id, firsts[r].key, ids[e], now, since);
+		if (found != 0)
 		{
-			int			e = refs[k].element;
-
-			if (found != 0)
-			{
-				store[e] = false;
-				ids[e] = found;
-			}
-			else if (e != first)
-			{
-				store[e] = false;
-				same_as[e] = first;
-			}
+			store[e] = false;
+			ids[e] = found;
 		}
-		r = end;
 	}
 }
 
@@ -255,6 +266,8 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 	bool	   *store;
 	int		   *same_as;
 	int			nstored = 0;
+	KeyRef	   *firsts = NULL;
+	int			nfirst = 0;
 	BrokerQueue q;
 	EnqueueTimes t;
 
@@ -306,30 +319,29 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 	}
 	compute_times(fcinfo, &q, &t);
 	if (dedup_keys != NULL)
-		dedup_batch(&q, dedup_keys, n, t.now, ids, store, same_as);
+		firsts = dedup_batch_lock(&q, dedup_keys, n, store, same_as, &nfirst);
 	if (priority > 0)
 		BrokerNotePriority(BrokerQueueStateGet(q.queue_id, true), priority);
 
+	/* Ids in element order, before the keys are claimed with them. */
 	for (int i = 0; i < n; i++)
 	{
 		CHECK_FOR_INTERRUPTS();
 		if (store[i])
-		{
 			ids[i] = BrokerAllocateMessageId(q.queue_id);
-			nstored++;
-		}
 	}
+	if (dedup_keys != NULL)
+		dedup_batch_claim(&q, firsts, nfirst, t.now, ids, store);
+	for (int i = 0; i < n; i++)
+		nstored += store[i] ? 1 : 0;
 
 	if (nstored > 0)
 	{
 		Datum	   *sids = palloc(sizeof(Datum) * nstored);
 		Datum	   *spayloads = palloc(sizeof(Datum) * nstored);
 		text	  **sgroups = group_keys ? palloc(sizeof(text *) * nstored) : NULL;
-		text	  **skeys = palloc(sizeof(text *) * nstored);
-		int64	   *skeyids = palloc(sizeof(int64) * nstored);
 		bool	   *claimable = palloc(sizeof(bool) * nstored);
 		int			k = 0;
-		int			nkeys = 0;
 		int64		nclaimable = 0;
 		BrokerNewMessage common;
 
@@ -341,12 +353,6 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 			spayloads[k] = elems[i];
 			if (sgroups)
 				sgroups[k] = group_keys[i];
-			if (dedup_keys != NULL && dedup_keys[i] != NULL)
-			{
-				skeys[nkeys] = dedup_keys[i];
-				skeyids[nkeys] = ids[i];
-				nkeys++;
-			}
 			k++;
 		}
 		memset(&common, 0, sizeof(common));
@@ -364,8 +370,6 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 							   construct_array(spayloads, nstored, JSONBOID, -1,
 											   false, TYPALIGN_INT),
 							   sgroups, nstored, claimable);
-		if (nkeys > 0)
-			BrokerStoreDedupRecord(q.queue_id, skeys, skeyids, nkeys, t.now);
 		for (int i = 0; i < nstored; i++)
 			nclaimable += claimable[i] ? 1 : 0;
 		BrokerNoteStored(&q, nstored, nclaimable, t.now, t.vt);

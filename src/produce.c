@@ -93,14 +93,16 @@ BrokerEnqueueOne(const BrokerQueue *q, const BrokerOutgoing *out, bool *stored)
 	bool		claimable;
 
 	*stored = false;
+	m.id = BrokerAllocateMessageId(q->queue_id);
 	if (out->dedup_key != NULL)
 	{
 		text	   *key = out->dedup_key;
 		int64		found;
 
+		/* a duplicate leaves its id unused: ids have gaps anyway */
 		BrokerStoreDedupLock(q->queue_id, &key, 1);
-		found = BrokerStoreDedupFind(q->queue_id, key,
-									 BrokerDedupSince(q, out->now));
+		found = BrokerStoreDedupClaim(q->queue_id, key, m.id, out->now,
+									  BrokerDedupSince(q, out->now));
 		if (found != 0)
 			return found;
 	}
@@ -108,7 +110,6 @@ BrokerEnqueueOne(const BrokerQueue *q, const BrokerOutgoing *out, bool *stored)
 		BrokerNotePriority(BrokerQueueStateGet(q->queue_id, true), out->priority);
 
 	m.queue_id = q->queue_id;
-	m.id = BrokerAllocateMessageId(q->queue_id);
 	m.vt = out->vt;
 	m.enqueued_at = out->now;
 	m.has_expiry = out->has_expiry;
@@ -118,12 +119,6 @@ BrokerEnqueueOne(const BrokerQueue *q, const BrokerOutgoing *out, bool *stored)
 	m.group_key = out->group_key;
 	m.priority = out->priority;
 	claimable = BrokerStoreInsert(&m);
-	if (out->dedup_key != NULL)
-	{
-		text	   *key = out->dedup_key;
-
-		BrokerStoreDedupRecord(q->queue_id, &key, &m.id, 1, out->now);
-	}
 	BrokerNoteStored(q, 1, claimable ? 1 : 0, out->now, out->vt);
 	*stored = true;
 	return m.id;

@@ -239,6 +239,18 @@ maintain_dedup(SegState *st)
 	else
 		maxwin = *DatumGetIntervalP(d);
 
+	/*
+	 * Since the start no producer has written to the other table (they all
+	 * found the first one current): if it has no rows, lookups may skip it
+	 * now rather than a window later.
+	 */
+	if (!dt.other_empty && !dt.turned &&
+		run_on_segment(DEDUP_HAS_ROWS_SQL, other, SPI_OK_SELECT) == 0)
+	{
+		dt.other_empty = true;
+		BrokerDedupSet(st, &dt);
+	}
+
 	if (!dt.other_empty && BrokerTimestampPlus(dt.stopped, &maxwin) < now)
 	{
 		Oid			relid = BrokerRelid(other == 0 ? "dedup_0" : "dedup_1");
@@ -261,6 +273,7 @@ maintain_dedup(SegState *st)
 		dt.cur = other;
 		dt.since = now;
 		dt.other_empty = false;
+		dt.turned = true;
 		BrokerDedupSet(st, &dt);
 
 		/*

@@ -261,6 +261,7 @@ init_state(SegState *st)
 	st->dedup.since = GetCurrentTimestamp();
 	st->dedup.stopped = st->dedup.since;
 	st->dedup.other_empty = false;
+	st->dedup.turned = false;
 }
 
 /* The dedup tables' state of an installation. */

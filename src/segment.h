@@ -30,6 +30,7 @@ typedef struct BrokerDedupTables
 	TimestampTz since;
 	TimestampTz stopped;
 	bool		other_empty;
+	bool		turned;			/* cur changed since the server started */
 } BrokerDedupTables;
 
 /* One installation's segment state in shared memory. */

@@ -125,9 +125,20 @@ static BrokerStmt write_leases = {
 	4, {TIDARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, INT8ARRAYOID}, PERSEG, {NULL}
 };
 
+/*
+ * Priority 0 has no index of its own: the primary key is read from the
+ * mark on, and a segment that holds only messages of higher priorities
+ * would be read to its end.  So a probe reads at most this many rows; when
+ * none of them is of priority 0, the lowest one of priority 0 is above the
+ * last one read, which is as good a bound for the mark (the next refresh
+ * goes on from there).
+ */
+#define PROBE0_ROWS 1000
+
 static BrokerStmt lowest_id0 = {
-	"SELECT m.id FROM " SEG " m WHERE m.queue_id " OP("=") " $1 AND m.id " OP(">=") " $2"
-	" AND m.priority " OP("=") " 0 ORDER BY m.id LIMIT 1",
+	"SELECT m.id, m.priority FROM " SEG " m"
+	" WHERE m.queue_id " OP("=") " $1 AND m.id " OP(">=") " $2"
+	" ORDER BY m.id LIMIT " CppAsString2(PROBE0_ROWS),
 	2, {INT4OID, INT8OID}, PERSEG, {NULL}
 };
 
@@ -456,20 +467,34 @@ BrokerStoreLowestId(int32 queue_id, int priority, int64 from_id)
 	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
 	{
 		int			rc = BrokerStmtExecute(priority == 0 ? &lowest_id0 : &lowest_id_p,
-										   seg, values, NULL, 1);
+										   seg, values, NULL,
+										   priority == 0 ? PROBE0_ROWS : 1);
+		int64		m = -1;
+		bool		isnull;
 
 		BrokerStmtCheck(rc, SPI_OK_SELECT, "low-water mark probe");
-		if (SPI_processed == 1)
+		if (SPI_processed == 0)
+			continue;
+		BrokerSegmentFound(seg);
+		if (priority != 0)
+			m = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 1, &isnull));
+		else
 		{
-			bool		isnull;
-			int64		m = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-														SPI_tuptable->tupdesc,
-														1, &isnull));
-
-			if (lowest < 0 || m < lowest)
-				lowest = m;
-			BrokerSegmentFound(seg);
+			for (uint64 i = 0; i < SPI_processed && m < 0; i++)
+			{
+				if (DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[i],
+												SPI_tuptable->tupdesc, 2, &isnull)) == 0)
+					m = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+													SPI_tuptable->tupdesc, 1, &isnull));
+			}
+			/* none of priority 0 among a full read: above the last one */
+			if (m < 0 && SPI_processed == PROBE0_ROWS)
+				m = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[PROBE0_ROWS - 1],
+												SPI_tuptable->tupdesc, 1, &isnull)) + 1;
 		}
+		if (m >= 0 && (lowest < 0 || m < lowest))
+			lowest = m;
 	}
 	return lowest;
 }

@@ -127,10 +127,8 @@ extern uint64 BrokerStorePurge(int32 queue_id);
 
 /* dedup.c */
 extern void BrokerStoreDedupLock(int32 queue_id, text **keys, int n);
-extern int64 BrokerStoreDedupFind(int32 queue_id, text *key, TimestampTz since);
-extern void BrokerStoreDedupRecord(int32 queue_id, text **keys,
-								   const int64 *ids, int n,
-								   TimestampTz enqueued_at);
+extern int64 BrokerStoreDedupClaim(int32 queue_id, text *key, int64 id,
+								   TimestampTz enqueued_at, TimestampTz since);
 extern void BrokerStoreForgetKeys(int32 queue_id);
 
 /* segment.c */
