@@ -320,10 +320,21 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 	compute_times(fcinfo, &q, &t);
 	if (dedup_keys != NULL)
 		firsts = dedup_batch_lock(&q, dedup_keys, n, store, same_as, &nfirst);
+	if (group_keys != NULL)
+	{
+		text	  **lock = palloc(sizeof(text *) * n);
+
+		memcpy(lock, group_keys, sizeof(text *) * n);
+		BrokerStoreLockGroups(q.queue_id, lock, n);
+	}
 	if (priority > 0)
 		BrokerNotePriority(BrokerQueueStateGet(q.queue_id, true), priority);
 
-	/* Ids in element order, before the keys are claimed with them. */
+	/*
+	 * Ids in element order, after the group locks (so a group's ids follow
+	 * the order its messages joined it) and before the dedup keys are
+	 * claimed with them.
+	 */
 	for (int i = 0; i < n; i++)
 	{
 		CHECK_FOR_INTERRUPTS();

@@ -93,16 +93,31 @@ BrokerEnqueueOne(const BrokerQueue *q, const BrokerOutgoing *out, bool *stored)
 	bool		claimable;
 
 	*stored = false;
-	m.id = BrokerAllocateMessageId(q->queue_id);
+
+	/*
+	 * The dedup key's lock, then the group's (every producer takes them in
+	 * this order), then the id: see BrokerStoreLockGroups.
+	 */
 	if (out->dedup_key != NULL)
 	{
 		text	   *key = out->dedup_key;
-		int64		found;
 
-		/* a duplicate leaves its id unused: ids have gaps anyway */
 		BrokerStoreDedupLock(q->queue_id, &key, 1);
-		found = BrokerStoreDedupClaim(q->queue_id, key, m.id, out->now,
-									  BrokerDedupSince(q, out->now));
+	}
+	if (out->group_key != NULL)
+	{
+		text	   *key = out->group_key;
+
+		BrokerStoreLockGroups(q->queue_id, &key, 1);
+	}
+	m.id = BrokerAllocateMessageId(q->queue_id);
+	if (out->dedup_key != NULL)
+	{
+		/* a duplicate leaves its id unused: ids have gaps anyway */
+		int64		found = BrokerStoreDedupClaim(q->queue_id, out->dedup_key, m.id,
+												  out->now,
+												  BrokerDedupSince(q, out->now));
+
 		if (found != 0)
 			return found;
 	}

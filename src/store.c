@@ -189,6 +189,29 @@ static BrokerStmt count_by_state = {
 };
 
 /*
+ * Lock the groups of messages about to be added (keys: NULL entries
+ * skipped, sorted in place), in key order, before their ids are
+ * allocated: so the ids of one group are allocated one transaction after
+ * the other, and id order is the order in which they joined the group.
+ */
+void
+BrokerStoreLockGroups(int32 queue_id, text **keys, int n)
+{
+	int			k = 0;
+
+	for (int i = 0; i < n; i++)
+		if (keys[i] != NULL)
+			keys[k++] = keys[i];
+	qsort(keys, k, sizeof(text *), BrokerCompareKeyPtrs);
+	for (int i = 0; i < k; i++)
+	{
+		if (i > 0 && BrokerCompareKeys(keys[i - 1], keys[i]) == 0)
+			continue;
+		BrokerGroupLock(queue_id, keys[i], true);
+	}
+}
+
+/*
  * Where a grouped message goes: it waits (negated queue id) when its group
  * has a head, after the lock of the group is taken; else it is the head.
  */

@@ -99,6 +99,7 @@ typedef struct BrokerQueueCounts
 typedef void (*BrokerExpiredFn) (int32 queue_id, int64 n);
 
 /* store.c */
+extern void BrokerStoreLockGroups(int32 queue_id, text **keys, int n);
 extern bool BrokerStoreInsert(const BrokerNewMessage *m);
 extern void BrokerStoreInsertBatch(const BrokerNewMessage *common,
 								   ArrayType *ids, ArrayType *payloads,

@@ -278,6 +278,8 @@ build_trie(void)
 	MemoryContext old;
 	int			rc;
 
+	/* What committed since this backend last looked, inside a transaction too. */
+	AcceptInvalidationMessages();
 	if (trie_cxt != NULL && trie_generation == BrokerRelsGeneration())
 		return;
 	if (trie_cxt == NULL)
@@ -298,7 +300,13 @@ build_trie(void)
 						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	(void) new_node();			/* the root */
 
-	/* The generation before the read: a change during it builds again. */
+	/*
+	 * Resolve the table by name first: catalog.c moves the generation on an
+	 * invalidation of a relation it resolved, so a later subscribe or
+	 * unsubscribe anywhere makes this backend build again.  Then the
+	 * generation before the read: a change during it builds again.
+	 */
+	(void) BrokerRelid("subscription_defs");
 	trie_generation = BrokerRelsGeneration();
 	rc = BrokerStmtExecuteLatest(&all_subs, -1, NULL, NULL, 0);
 	BrokerStmtCheck(rc, SPI_OK_SELECT, "reading subscriptions");
