@@ -101,4 +101,16 @@ SELECT payload FROM broker.dequeue('dq_dead', 1);
 SELECT broker.enqueue('dq_src', '{"n": "d2"}', dedup_key => 'dk') IS NOT NULL AS answered,
        (SELECT total FROM broker.metrics('dq_src')) AS src_total;
 
+-- thousands of keys in one transaction take a bounded number of locks
+-- (they share stripes), far from exhausting the lock table
+BEGIN;
+SELECT count(*) FROM broker.enqueue_batch('dq_src', array_fill('{}'::jsonb, ARRAY[10000]),
+    group_keys => ARRAY(SELECT 'g' || g FROM generate_series(1, 10000) g),
+    dedup_keys => ARRAY(SELECT 'many' || g FROM generate_series(1, 10000) g));
+SELECT count(broker.enqueue('dq_src', '{}', dedup_key => 'one' || g, group_key => 'h' || g))
+  FROM generate_series(1, 2000) g;
+SELECT count(*) <= 2 * 256 AS bounded FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid();
+COMMIT;
+SELECT total FROM broker.metrics('dq_src');
+
 SELECT broker.drop_queue(q) FROM unnest(ARRAY['dq', 'dq_short', 'dq_src', 'dq_dead']) q;

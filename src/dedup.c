@@ -13,11 +13,11 @@
  * enqueue that recorded it.
  *
  * Waiting for an undecided duplicate: the producer takes a lock on (queue,
- * hash of the key) before it looks, held to the end of its transaction,
+ * stripe of the key, groups.c) before it looks, held to the end of its transaction,
  * so a second producer of the same key waits for the first to commit or
  * roll back, as a unique index would make it wait; it then looks with the
  * latest snapshot (under REPEATABLE READ too), and finds the first one's
- * key, or nothing.  A batch takes its keys' locks in key order, so two
+ * key, or nothing.  A batch takes its keys' locks in stripe order, so two
  * batches never deadlock on them.
  *
  * The enqueue time of a key is the producer's clock read before it looks
@@ -68,20 +68,11 @@ static BrokerStmt forget_keys = {
 	1, {INT4OID}, 0, {NULL}
 };
 
-/*
- * Lock the keys of one enqueue (or batch) for this transaction, in key
- * order; keys[] is sorted in place and may hold repeats.
- */
+/* Lock the keys of one enqueue (or batch) for this transaction. */
 void
 BrokerStoreDedupLock(int32 queue_id, text **keys, int n)
 {
-	qsort(keys, n, sizeof(text *), BrokerCompareKeyPtrs);
-	for (int i = 0; i < n; i++)
-	{
-		if (i > 0 && BrokerCompareKeys(keys[i - 1], keys[i]) == 0)
-			continue;
-		BrokerDedupKeyLock(queue_id, keys[i]);
-	}
+	BrokerDedupLockMany(queue_id, keys, n);
 }
 
 /* The id a table has for the key within the window, or 0. */

@@ -13,8 +13,9 @@
  * group's lowest waiting id becomes the head in the same transaction; a
  * head whose lease runs out or is released stays the head.
  *
- * One lock per group (an advisory-style lock on (queue, hash of the key),
- * held to the end of the transaction) orders the two decisions that must
+ * One lock per group (an advisory-style lock on (queue, hash of the key);
+ * keys share BROKER_KEY_STRIPES of them per queue), held to the end of the
+ * transaction, orders the two decisions that must
  * not interleave: a producer, under it, looks for the group's head and
  * adds its message as the head or as waiting; whoever removed a head,
  * under it, looks for the next message to promote.  Both looks use the
@@ -46,6 +47,15 @@
 #define LOCK_CLASS_GROUP	0x4247
 #define LOCK_CLASS_DEDUP	0x4244
 
+/*
+ * Keys share BROKER_KEY_STRIPES locks per queue and class (by hash): a
+ * transaction that adds thousands of keys (a batch, a loop) holds at most
+ * that many locks, well within the lock table, at the price of waiting,
+ * now and then, for a transaction that holds another key of the same
+ * stripe.
+ */
+#define BROKER_KEY_STRIPES	256
+
 /* A message of the group with the queue's id: the head. */
 static BrokerStmt group_head = {
 	"SELECT 1 FROM " SEG " m WHERE m.queue_id " OP("=") " $1"
@@ -72,7 +82,7 @@ static BrokerStmt group_drop_expired = {
 	1, {TIDOID}, BROKER_STMT_INDEX, {NULL}
 };
 
-/* Take (or try) a lock of one of our classes on (queue, hash of key). */
+/* Take (or try) a lock of one of our classes on (queue, stripe of key). */
 static bool
 key_lock(uint16 class, int32 queue_id, text *key, bool wait)
 {
@@ -80,8 +90,64 @@ key_lock(uint16 class, int32 queue_id, text *key, bool wait)
 	uint32		h = DatumGetUInt32(hash_any((const unsigned char *) VARDATA_ANY(key),
 											VARSIZE_ANY_EXHDR(key)));
 
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) queue_id, h, class);
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) queue_id,
+						 h % BROKER_KEY_STRIPES, class);
 	return LockAcquire(&tag, ExclusiveLock, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+static int
+cmp_uint32(const void *a, const void *b)
+{
+	uint32		x = *(const uint32 *) a;
+	uint32		y = *(const uint32 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Lock the stripes of many keys (NULL entries skipped) in stripe order:
+ * every transaction that takes more than one takes them in this order, so
+ * two never wait for each other in a circle.
+ */
+static void
+lock_many(uint16 class, int32 queue_id, text **keys, int n)
+{
+	uint32	   *stripes = palloc(sizeof(uint32) * Max(n, 1));
+	int			k = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		if (keys[i] == NULL)
+			continue;
+		stripes[k++] = DatumGetUInt32(hash_any((const unsigned char *) VARDATA_ANY(keys[i]),
+											   VARSIZE_ANY_EXHDR(keys[i]))) % BROKER_KEY_STRIPES;
+	}
+	qsort(stripes, k, sizeof(uint32), cmp_uint32);
+	for (int i = 0; i < k; i++)
+	{
+		LOCKTAG		tag;
+
+		if (i > 0 && stripes[i] == stripes[i - 1])
+			continue;
+		CHECK_FOR_INTERRUPTS();
+		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) queue_id, stripes[i], class);
+		(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	}
+	pfree(stripes);
+}
+
+/* Lock the groups of many keys for this transaction, in stripe order. */
+void
+BrokerGroupLockMany(int32 queue_id, text **keys, int n)
+{
+	lock_many(LOCK_CLASS_GROUP, queue_id, keys, n);
+}
+
+/* Lock many dedup keys of a queue for this transaction, in stripe order. */
+void
+BrokerDedupLockMany(int32 queue_id, text **keys, int n)
+{
+	lock_many(LOCK_CLASS_DEDUP, queue_id, keys, n);
 }
 
 /* Lock a group for this transaction (see the file header). */
@@ -89,13 +155,6 @@ bool
 BrokerGroupLock(int32 queue_id, text *key, bool wait)
 {
 	return key_lock(LOCK_CLASS_GROUP, queue_id, key, wait);
-}
-
-/* Lock a dedup key of a queue for this transaction (dedup.c). */
-void
-BrokerDedupKeyLock(int32 queue_id, text *key)
-{
-	(void) key_lock(LOCK_CLASS_DEDUP, queue_id, key, true);
 }
 
 /* True when the group has a head (the group's lock is held). */

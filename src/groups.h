@@ -16,6 +16,7 @@ extern bool BrokerGroupLock(int32 queue_id, text *key, bool wait);
 extern bool BrokerGroupHasHead(int32 queue_id, text *key);
 extern bool BrokerGroupPromote(int32 queue_id, text *key, int64 *expired);
 extern void BrokerGroupHeadLeft(int32 queue_id, text *key);
-extern void BrokerDedupKeyLock(int32 queue_id, text *key);
+extern void BrokerGroupLockMany(int32 queue_id, text **keys, int n);
+extern void BrokerDedupLockMany(int32 queue_id, text **keys, int n);
 
 #endif							/* BROKER_GROUPS_H */

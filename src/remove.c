@@ -8,9 +8,9 @@
  * A message that leaves the queue while it is the head of its ordered
  * group hands the group on to the next message (groups.c): every delete
  * here returns the queue id and the group key of what it removed, and the
- * groups whose head left are handed on, in key order (so that two
- * transactions never take group locks in opposite orders), before the
- * call returns.  A message waiting behind its group's head (negated queue
+ * groups whose head left are handed on before the call returns, their
+ * locks taken in stripe order first (groups.c: so two transactions never
+ * take group locks in opposite orders).  A message waiting behind its group's head (negated queue
  * id) can be deleted by id, expired or purged like any other; it was never
  * claimable, so nothing follows.
  *
@@ -174,12 +174,13 @@ left_note(LeftHeads *l, int32 row_queue_id, Datum key, bool key_null)
 	l->keys[l->n++] = DatumGetTextPCopy(key);
 }
 
-/* Hand on every group whose head left, in key order. */
+/* Hand on every group whose head left (their locks in stripe order first). */
 static void
 left_finish(LeftHeads *l)
 {
 	if (l->n == 0)
 		return;
+	BrokerGroupLockMany(l->queue_id, l->keys, l->n);
 	qsort(l->keys, l->n, sizeof(text *), BrokerCompareKeyPtrs);
 	for (int i = 0; i < l->n; i++)
 	{

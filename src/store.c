@@ -189,26 +189,15 @@ static BrokerStmt count_by_state = {
 };
 
 /*
- * Lock the groups of messages about to be added (keys: NULL entries
- * skipped, sorted in place), in key order, before their ids are
- * allocated: so the ids of one group are allocated one transaction after
- * the other, and id order is the order in which they joined the group.
+ * Lock the groups of messages about to be added (NULL keys skipped)
+ * before their ids are allocated: so the ids of one group are allocated
+ * one transaction after the other, and id order is the order in which
+ * they joined the group.
  */
 void
 BrokerStoreLockGroups(int32 queue_id, text **keys, int n)
 {
-	int			k = 0;
-
-	for (int i = 0; i < n; i++)
-		if (keys[i] != NULL)
-			keys[k++] = keys[i];
-	qsort(keys, k, sizeof(text *), BrokerCompareKeyPtrs);
-	for (int i = 0; i < k; i++)
-	{
-		if (i > 0 && BrokerCompareKeys(keys[i - 1], keys[i]) == 0)
-			continue;
-		BrokerGroupLock(queue_id, keys[i], true);
-	}
+	BrokerGroupLockMany(queue_id, keys, n);
 }
 
 /*
@@ -301,7 +290,8 @@ BrokerStoreInsertBatch(const BrokerNewMessage *common, ArrayType *ids,
 		int			dims[1] = {n};
 		int			lbs[1] = {1};
 
-		/* Lock the groups in one order, so two batches cannot deadlock. */
+		/* The groups' locks, in stripe order (usually held already). */
+		BrokerGroupLockMany(common->queue_id, group_keys, n);
 		for (int i = 0; i < n; i++)
 			if (group_keys[i] != NULL)
 				sorted[nkeys++] = group_keys[i];
