@@ -44,16 +44,16 @@ ALTER TABLE broker.queue_defs
     ADD COLUMN dedup_window interval NOT NULL DEFAULT '5 minutes'
         CHECK (dedup_window OPERATOR(pg_catalog.>) '0'::interval);
 
-ALTER TABLE broker.messages_0 ADD COLUMN group_key text,
+ALTER TABLE broker.messages_0 ADD COLUMN group_key text COLLATE pg_catalog."C",
     ADD COLUMN priority smallint NOT NULL DEFAULT 0
         CHECK (priority OPERATOR(pg_catalog.>=) 0 AND priority OPERATOR(pg_catalog.<=) 9);
-ALTER TABLE broker.messages_1 ADD COLUMN group_key text,
+ALTER TABLE broker.messages_1 ADD COLUMN group_key text COLLATE pg_catalog."C",
     ADD COLUMN priority smallint NOT NULL DEFAULT 0
         CHECK (priority OPERATOR(pg_catalog.>=) 0 AND priority OPERATOR(pg_catalog.<=) 9);
-ALTER TABLE broker.messages_2 ADD COLUMN group_key text,
+ALTER TABLE broker.messages_2 ADD COLUMN group_key text COLLATE pg_catalog."C",
     ADD COLUMN priority smallint NOT NULL DEFAULT 0
         CHECK (priority OPERATOR(pg_catalog.>=) 0 AND priority OPERATOR(pg_catalog.<=) 9);
-ALTER TABLE broker.messages_3 ADD COLUMN group_key text,
+ALTER TABLE broker.messages_3 ADD COLUMN group_key text COLLATE pg_catalog."C",
     ADD COLUMN priority smallint NOT NULL DEFAULT 0
         CHECK (priority OPERATOR(pg_catalog.>=) 0 AND priority OPERATOR(pg_catalog.<=) 9);
 
@@ -75,7 +75,7 @@ UNION ALL SELECT * FROM broker.messages_3;
 
 CREATE TABLE broker.dedup_0 (
     queue_id     integer     NOT NULL,
-    dedup_key    text        NOT NULL,
+    dedup_key    text COLLATE pg_catalog."C" NOT NULL,
     id           bigint      NOT NULL,
     enqueued_at  timestamptz NOT NULL,
     PRIMARY KEY (queue_id, dedup_key)
@@ -84,7 +84,7 @@ CREATE TABLE broker.dedup_1 (LIKE broker.dedup_0 INCLUDING ALL);
 
 CREATE TABLE broker.subscription_defs (
     queue_id  integer NOT NULL,
-    pattern   text    NOT NULL,
+    pattern   text COLLATE pg_catalog."C" NOT NULL,
     PRIMARY KEY (queue_id, pattern)
 );
 

@@ -94,7 +94,7 @@ CREATE TABLE broker.messages_0 (
     receipt         bigint,                  -- NULL until delivered, or after release
     payload         jsonb       NOT NULL,
     headers         jsonb,
-    group_key       text,                    -- ordered group, or NULL
+    group_key       text COLLATE pg_catalog."C",        -- ordered group, or NULL (bytes, as keys are)
     priority        smallint    NOT NULL DEFAULT 0
                     CHECK (priority OPERATOR(pg_catalog.>=) 0 AND priority OPERATOR(pg_catalog.<=) 9),
     PRIMARY KEY (queue_id, id)
@@ -162,7 +162,7 @@ CREATE TABLE broker.segments (
 -- as with the message segments).
 CREATE TABLE broker.dedup_0 (
     queue_id     integer     NOT NULL,
-    dedup_key    text        NOT NULL,
+    dedup_key    text COLLATE pg_catalog."C" NOT NULL,
     id           bigint      NOT NULL,
     enqueued_at  timestamptz NOT NULL,
     PRIMARY KEY (queue_id, dedup_key)
@@ -173,7 +173,7 @@ CREATE TABLE broker.dedup_1 (LIKE broker.dedup_0 INCLUDING ALL);
 -- topic that matches the pattern.
 CREATE TABLE broker.subscription_defs (
     queue_id  integer NOT NULL,
-    pattern   text    NOT NULL,
+    pattern   text COLLATE pg_catalog."C" NOT NULL,
     PRIMARY KEY (queue_id, pattern)
 );
 
