@@ -5,10 +5,10 @@ MODULE_big  = broker
 # One file per job, in layers that only call down (see src/broker.c).
 OBJS        = src/util.o src/catalog.o src/sql.o src/xact.o \
               src/qstate.o src/stats.o src/queuedef.o \
-              src/store.o src/remove.o src/groups.o src/dedup.o \
+              src/store.o src/remove.o src/groups.o src/dedup.o src/records.o \
               src/segment.o src/rotate.o \
               src/inflight.o src/lease.o src/wait.o src/produce.o \
-              src/queue.o src/enqueue.o src/dequeue.o src/ack.o src/topics.o \
+              src/queue.o src/enqueue.o src/dequeue.o src/ack.o src/topics.o src/jobs.o \
               src/metrics.o src/expiry.o \
               src/worker.o src/launcher.o src/reaper.o src/health.o src/utility.o \
               src/broker.o
@@ -21,7 +21,7 @@ PG_CPPFLAGS = -I$(srcdir)/src -isystem $(shell $(PG_CONFIG) --includedir-server)
 # preloaded; setup (the extension and the tests' helpers) runs first, the
 # files that drop and create the extension last.
 REGRESS      = setup queues enqueue dequeue ack dead_letter lease_xact metrics \
-               consumers groups dedup priorities topics extension security segments
+               consumers groups dedup priorities topics jobs extension security segments
 REGRESS_OPTS = --temp-config=$(srcdir)/test/broker.conf --temp-instance=$(CURDIR)/tmp_check_regress
 ISOLATION      = $(patsubst test/specs/%.spec,%,$(sort $(wildcard test/specs/*.spec)))
 ISOLATION_OPTS = --inputdir=test --temp-config=$(srcdir)/test/broker.conf --temp-instance=$(CURDIR)/tmp_check_iso

@@ -42,7 +42,9 @@ SET search_path = pg_catalog, pg_temp;
 
 ALTER TABLE broker.queue_defs
     ADD COLUMN dedup_window interval NOT NULL DEFAULT '5 minutes'
-        CHECK (dedup_window OPERATOR(pg_catalog.>) '0'::interval);
+        CHECK (dedup_window OPERATOR(pg_catalog.>) '0'::interval),
+    ADD COLUMN retention interval
+        CHECK (retention OPERATOR(pg_catalog.>) '0'::interval);
 
 ALTER TABLE broker.messages_0 ADD COLUMN group_key text COLLATE pg_catalog."C",
     ADD COLUMN priority smallint NOT NULL DEFAULT 0
@@ -93,6 +95,34 @@ CREATE VIEW broker.subscriptions AS
       FROM broker.subscription_defs s
       JOIN broker.queue_defs q ON q.queue_id OPERATOR(pg_catalog.=) s.queue_id;
 
+-- Jobs (issue #10): records of messages that left a queue with a retention
+CREATE TABLE broker.records_0 (
+    queue_id        integer     NOT NULL,
+    id              bigint      NOT NULL,
+    state           text        NOT NULL,
+    delivery_count  integer     NOT NULL,
+    enqueued_at     timestamptz NOT NULL,
+    visible_at      timestamptz NOT NULL,
+    finished_at     timestamptz NOT NULL,
+    payload         jsonb       NOT NULL,
+    headers         jsonb,
+    result          jsonb,
+    PRIMARY KEY (queue_id, id)
+);
+CREATE TABLE broker.records_1 (LIKE broker.records_0 INCLUDING ALL);
+
+CREATE TYPE broker.job AS (
+    id              bigint,
+    state           text,
+    delivery_count  integer,
+    enqueued_at     timestamptz,
+    visible_at      timestamptz,
+    finished_at     timestamptz,
+    payload         jsonb,
+    headers         jsonb,
+    result          jsonb
+);
+
 CREATE OR REPLACE VIEW broker.queues AS
     SELECT q.name           AS queue,
            q.lease,
@@ -101,7 +131,8 @@ CREATE OR REPLACE VIEW broker.queues AS
            q.max_deliveries,
            d.name           AS dead_letter_queue,
            q.created_at,
-           q.dedup_window
+           q.dedup_window,
+           q.retention
       FROM broker.queue_defs q
       LEFT JOIN broker.queue_defs d
         ON d.queue_id OPERATOR(pg_catalog.=) q.dead_letter_id
@@ -110,7 +141,10 @@ CREATE OR REPLACE VIEW broker.queues AS
 SELECT pg_catalog.pg_extension_config_dump('broker.dedup_0', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.dedup_1', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.subscription_defs', '');
-REVOKE ALL ON broker.dedup_0, broker.dedup_1, broker.subscription_defs FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('broker.records_0', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.records_1', '');
+REVOKE ALL ON broker.dedup_0, broker.dedup_1, broker.subscription_defs,
+              broker.records_0, broker.records_1 FROM PUBLIC;
 GRANT SELECT ON broker.subscriptions TO PUBLIC;
 
 -- The new arguments come after the old ones, so every existing call works.
@@ -145,7 +179,8 @@ CREATE TEMPORARY TABLE broker_upgrade_acl ON COMMIT DROP AS
      WHERE p.oid OPERATOR(pg_catalog.=) ANY (ARRAY[
            'broker.create_queue(text, interval, integer, interval, integer, text, boolean)'::pg_catalog.regprocedure,
            'broker.enqueue(text, jsonb, interval, interval, jsonb)'::pg_catalog.regprocedure,
-           'broker.enqueue_batch(text, jsonb[], interval, interval, jsonb)'::pg_catalog.regprocedure]);
+           'broker.enqueue_batch(text, jsonb[], interval, interval, jsonb)'::pg_catalog.regprocedure,
+           'broker.metrics(text)'::pg_catalog.regprocedure]);
 
 DROP FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean);
 CREATE FUNCTION broker.create_queue(
@@ -156,7 +191,8 @@ CREATE FUNCTION broker.create_queue(
     max_deliveries integer DEFAULT NULL,
     dead_letter_queue text DEFAULT NULL,
     if_not_exists boolean DEFAULT false,
-    dedup_window interval DEFAULT '5 minutes')
+    dedup_window interval DEFAULT '5 minutes',
+    retention interval DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'broker_create_queue'
 LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
@@ -192,10 +228,24 @@ AS 'MODULE_PATHNAME', 'broker_enqueue_batch'
 LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 100
 SET search_path = pg_catalog, pg_temp;
 
+-- metrics gains completed_total and failed_total (a new result type)
+DROP FUNCTION broker.metrics(text);
+CREATE FUNCTION broker.metrics(queue text DEFAULT NULL)
+RETURNS TABLE(queue text, ready bigint, leased bigint, delayed bigint,
+              total bigint, oldest_ready_age interval, enqueued_total bigint,
+              deleted_total bigint, expired_total bigint,
+              dead_lettered_total bigint, completed_total bigint,
+              failed_total bigint)
+AS 'MODULE_PATHNAME', 'broker_metrics'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
 REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval,
-                                               integer, text, boolean, interval) FROM PUBLIC;
+                                               integer, text, boolean, interval,
+                                               interval) FROM PUBLIC;
 SELECT broker.upgrade_keep_acl(a.acl, CASE a.name
-           WHEN 'create_queue' THEN 'broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval)'::pg_catalog.regprocedure
+           WHEN 'create_queue' THEN 'broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval, interval)'::pg_catalog.regprocedure
+           WHEN 'metrics' THEN 'broker.metrics(text)'::pg_catalog.regprocedure
            WHEN 'enqueue' THEN 'broker.enqueue(text, jsonb, interval, interval, jsonb, text, text, integer)'::pg_catalog.regprocedure
            WHEN 'enqueue_batch' THEN 'broker.enqueue_batch(text, jsonb[], interval, interval, jsonb, text[], text[], integer)'::pg_catalog.regprocedure
        END)
@@ -226,6 +276,39 @@ CREATE FUNCTION broker.publish(
     priority integer DEFAULT 0)
 RETURNS integer
 AS 'MODULE_PATHNAME', 'broker_publish'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION broker.complete(queue text, id bigint, receipt bigint DEFAULT NULL,
+                                result jsonb DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'broker_complete'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION broker.fail(queue text, id bigint, receipt bigint DEFAULT NULL,
+                            error jsonb DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'broker_fail'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION broker.status(queue text, id bigint)
+RETURNS SETOF broker.job
+AS 'MODULE_PATHNAME', 'broker_status'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 1
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION broker.status(queue text, ids bigint[])
+RETURNS SETOF broker.job
+AS 'MODULE_PATHNAME', 'broker_status_many'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION broker.archive(queue text, after_id bigint DEFAULT 0,
+                               max_rows integer DEFAULT 100)
+RETURNS SETOF broker.job
+AS 'MODULE_PATHNAME', 'broker_archive'
 LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 

@@ -64,6 +64,9 @@ CREATE TABLE broker.queue_defs (
     -- how long an accepted dedup key is remembered
     dedup_window      interval NOT NULL DEFAULT '5 minutes'
                       CHECK (dedup_window OPERATOR(pg_catalog.>) '0'::interval),
+    -- how long the record of a message that left the queue is kept (NULL: none)
+    retention         interval
+                      CHECK (retention OPERATOR(pg_catalog.>) '0'::interval),
     CHECK (dead_letter_id OPERATOR(pg_catalog.<>) queue_id)
 );
 
@@ -169,6 +172,24 @@ CREATE TABLE broker.dedup_0 (
 );
 CREATE TABLE broker.dedup_1 (LIKE broker.dedup_0 INCLUDING ALL);
 
+-- Records of the messages that left a queue with a retention (jobs): the
+-- same two-table rotation as the dedup keys, emptied with TRUNCATE once
+-- every record in the older one is older than the longest retention.
+CREATE TABLE broker.records_0 (
+    queue_id        integer     NOT NULL,
+    id              bigint      NOT NULL,
+    state           text        NOT NULL,   -- done, failed, deleted, dead_lettered, expired
+    delivery_count  integer     NOT NULL,
+    enqueued_at     timestamptz NOT NULL,
+    visible_at      timestamptz NOT NULL,
+    finished_at     timestamptz NOT NULL,
+    payload         jsonb       NOT NULL,
+    headers         jsonb,
+    result          jsonb,
+    PRIMARY KEY (queue_id, id)
+);
+CREATE TABLE broker.records_1 (LIKE broker.records_0 INCLUDING ALL);
+
 -- Topic subscriptions: the queue receives every message published to a
 -- topic that matches the pattern.
 CREATE TABLE broker.subscription_defs (
@@ -193,6 +214,19 @@ CREATE TYPE broker.message AS (
     receipt         bigint
 );
 
+-- A job: a message in its queue, or the record of one that left it.
+CREATE TYPE broker.job AS (
+    id              bigint,
+    state           text,
+    delivery_count  integer,
+    enqueued_at     timestamptz,
+    visible_at      timestamptz,
+    finished_at     timestamptz,
+    payload         jsonb,
+    headers         jsonb,
+    result          jsonb
+);
+
 CREATE VIEW broker.queues AS
     SELECT q.name           AS queue,
            q.lease,
@@ -201,7 +235,8 @@ CREATE VIEW broker.queues AS
            q.max_deliveries,
            d.name           AS dead_letter_queue,
            q.created_at,
-           q.dedup_window
+           q.dedup_window,
+           q.retention
       FROM broker.queue_defs q
       LEFT JOIN broker.queue_defs d
         ON d.queue_id OPERATOR(pg_catalog.=) q.dead_letter_id
@@ -217,6 +252,8 @@ SELECT pg_catalog.pg_extension_config_dump('broker.segments', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.dedup_0', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.dedup_1', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.subscription_defs', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.records_0', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.records_1', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.queue_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.message_id_seq', '');
 
@@ -227,7 +264,8 @@ SELECT pg_catalog.pg_extension_config_dump('broker.message_id_seq', '');
 REVOKE ALL ON broker.queue_defs, broker.messages, broker.messages_0,
               broker.messages_1, broker.messages_2, broker.messages_3,
               broker.segments, broker.dedup_0, broker.dedup_1,
-              broker.subscription_defs FROM PUBLIC;
+              broker.subscription_defs, broker.records_0, broker.records_1
+    FROM PUBLIC;
 GRANT SELECT ON broker.subscriptions TO PUBLIC;
 REVOKE ALL ON SEQUENCE broker.queue_id_seq, broker.message_id_seq FROM PUBLIC;
 GRANT USAGE ON SCHEMA broker TO PUBLIC;
@@ -243,7 +281,8 @@ CREATE FUNCTION broker.create_queue(
     max_deliveries integer DEFAULT NULL,
     dead_letter_queue text DEFAULT NULL,
     if_not_exists boolean DEFAULT false,
-    dedup_window interval DEFAULT '5 minutes')
+    dedup_window interval DEFAULT '5 minutes',
+    retention interval DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'broker_create_queue'
 LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
@@ -367,13 +406,49 @@ AS 'MODULE_PATHNAME', 'broker_extend_lease'
 LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 
+-- Jobs: outcomes and lookups -----------------------------------------------
+
+CREATE FUNCTION broker.complete(queue text, id bigint, receipt bigint DEFAULT NULL,
+                                result jsonb DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'broker_complete'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION broker.fail(queue text, id bigint, receipt bigint DEFAULT NULL,
+                            error jsonb DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'broker_fail'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION broker.status(queue text, id bigint)
+RETURNS SETOF broker.job
+AS 'MODULE_PATHNAME', 'broker_status'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 1
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION broker.status(queue text, ids bigint[])
+RETURNS SETOF broker.job
+AS 'MODULE_PATHNAME', 'broker_status_many'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION broker.archive(queue text, after_id bigint DEFAULT 0,
+                               max_rows integer DEFAULT 100)
+RETURNS SETOF broker.job
+AS 'MODULE_PATHNAME', 'broker_archive'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
 -- Observing ----------------------------------------------------------------
 
 CREATE FUNCTION broker.metrics(queue text DEFAULT NULL)
 RETURNS TABLE(queue text, ready bigint, leased bigint, delayed bigint,
               total bigint, oldest_ready_age interval, enqueued_total bigint,
               deleted_total bigint, expired_total bigint,
-              dead_lettered_total bigint)
+              dead_lettered_total bigint, completed_total bigint,
+              failed_total bigint)
 AS 'MODULE_PATHNAME', 'broker_metrics'
 LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
@@ -413,7 +488,8 @@ SET search_path = pg_catalog, pg_temp;
 
 -- Administration is not for everyone: the owner grants it.
 REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval,
-                                               integer, text, boolean, interval),
+                                               integer, text, boolean, interval,
+                                               interval),
                            broker.subscribe(text, text),
                            broker.unsubscribe(text, text),
                            broker.drop_queue(text, boolean),

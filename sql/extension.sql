@@ -27,13 +27,13 @@ SELECT count(*) FROM broker.messages;
 SELECT broker.create_queue('app_q');
 SELECT broker.purge_queue('ext_q');
 RESET ROLE;
-GRANT EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval) TO broker_app;
+GRANT EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval, interval) TO broker_app;
 SET ROLE broker_app;
 SELECT broker.create_queue('app_q');
 RESET ROLE;
 SELECT broker.drop_queue('app_q');
 SELECT broker.drop_queue('ext_q');
-REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval) FROM broker_app;
+REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval, interval) FROM broker_app;
 DROP ROLE broker_app;
 
 -- an installation of an older version is refused by this library until it
@@ -53,15 +53,18 @@ CREATE ROLE broker_old_admin;
 CREATE ROLE broker_old_producer;
 GRANT EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean) TO broker_old_admin;
 REVOKE EXECUTE ON FUNCTION broker.enqueue(text, jsonb, interval, interval, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION broker.metrics(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION broker.metrics(text) TO broker_old_admin;
 GRANT EXECUTE ON FUNCTION broker.enqueue(text, jsonb, interval, interval, jsonb) TO broker_old_producer WITH GRANT OPTION;
 ALTER EXTENSION broker UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'broker';
 SELECT r.rolname, f.fn, has_function_privilege(r.rolname, f.fn, 'EXECUTE') AS can,
        has_function_privilege(r.rolname, f.fn, 'EXECUTE WITH GRANT OPTION') AS can_grant
   FROM (VALUES ('broker_old_admin'), ('broker_old_producer'), ('public')) r(rolname)
-  CROSS JOIN (VALUES ('broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval)'),
+  CROSS JOIN (VALUES ('broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval, interval)'),
                      ('broker.enqueue(text, jsonb, interval, interval, jsonb, text, text, integer)'),
-                     ('broker.enqueue_batch(text, jsonb[], interval, interval, jsonb, text[], text[], integer)')) f(fn)
+                     ('broker.enqueue_batch(text, jsonb[], interval, interval, jsonb, text[], text[], integer)'),
+                     ('broker.metrics(text)')) f(fn)
  ORDER BY 1, 2;
 SELECT count(*) AS upgrade_helpers_left FROM pg_proc WHERE proname = 'upgrade_keep_acl';
 REASSIGN OWNED BY broker_old_admin, broker_old_producer TO CURRENT_USER;

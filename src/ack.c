@@ -26,6 +26,7 @@
 
 #include "inflight.h"
 #include "lease.h"
+#include "produce.h"
 #include "qstate.h"
 #include "queuedef.h"
 #include "sql.h"
@@ -37,6 +38,8 @@ PG_FUNCTION_INFO_V1(broker_delete_text);
 PG_FUNCTION_INFO_V1(broker_delete_many);
 PG_FUNCTION_INFO_V1(broker_release);
 PG_FUNCTION_INFO_V1(broker_extend_lease);
+PG_FUNCTION_INFO_V1(broker_complete);
+PG_FUNCTION_INFO_V1(broker_fail);
 
 /* Look the queue up (no lock: these touch only existing rows). */
 static void
@@ -52,10 +55,12 @@ ack_queue(FunctionCallInfo fcinfo, BrokerQueue *q)
 
 /*
  * Delete one message, with its receipt if has_receipt (caller is connected
- * to SPI); true if it was deleted.
+ * to SPI); true if it was deleted.  *removed (if not NULL) gets what it
+ * was: with this transaction's own lease, as the lease has it.
  */
 static bool
-delete_one(const BrokerQueue *q, int64 id, bool has_receipt, int64 receipt)
+remove_one(const BrokerQueue *q, int64 id, bool has_receipt, int64 receipt,
+		   BrokerRemoved *removed)
 {
 	BrokerRowRef ref;
 	BrokerLeaseMatch match;
@@ -66,14 +71,34 @@ delete_one(const BrokerQueue *q, int64 id, bool has_receipt, int64 receipt)
 		return false;
 	/* A lease of this transaction: we know where the row is, no receipt in it. */
 	if (match == BROKER_LEASE_HELD)
-		deleted = BrokerStoreDelete(q->queue_id, id, false, 0, &ref);
+		deleted = BrokerStoreDelete(q->queue_id, id, false, 0, &ref, removed);
 	else
-		deleted = BrokerStoreDelete(q->queue_id, id, has_receipt, receipt, NULL);
+		deleted = BrokerStoreDelete(q->queue_id, id, has_receipt, receipt, NULL,
+									removed);
 	if (deleted)
 	{
+		if (removed && match == BROKER_LEASE_HELD)
+			(void) BrokerLeasePending(q->queue_id, id, &removed->delivery_count,
+									  &removed->vt);
 		BrokerNoteDeleted();
-		BrokerCount(q->queue_id, BROKER_COUNT_DELETED, 1);
 		BrokerLeaseDeleted(q->queue_id, id);
+	}
+	return deleted;
+}
+
+/* delete: remove, count, keep a "deleted" record if the queue keeps them. */
+static bool
+delete_one(const BrokerQueue *q, int64 id, bool has_receipt, int64 receipt)
+{
+	BrokerRemoved removed;
+	bool		deleted = remove_one(q, id, has_receipt, receipt,
+									 q->has_retention ? &removed : NULL);
+
+	if (deleted)
+	{
+		BrokerCount(q->queue_id, BROKER_COUNT_DELETED, 1);
+		if (q->has_retention)
+			BrokerKeepRecords(q, &removed, 1, "deleted", NULL, NULL);
 	}
 	return deleted;
 }
@@ -131,26 +156,121 @@ broker_delete_many(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	BrokerQueue q;
 	int64	   *deleted;
+	BrokerRemoved *removed = NULL;
 	int			n;
 
 	ack_queue(fcinfo, &q);
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-	n = BrokerStoreDeleteMany(q.queue_id, PG_GETARG_ARRAYTYPE_P(1), &deleted);
+	n = BrokerStoreDeleteMany(q.queue_id, PG_GETARG_ARRAYTYPE_P(1), &deleted,
+							  q.has_retention ? &removed : NULL);
 	for (int i = 0; i < n; i++)
 	{
 		Datum		id = Int64GetDatum(deleted[i]);
 		bool		isnull = false;
 
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &id, &isnull);
+		if (removed)
+			(void) BrokerLeasePending(q.queue_id, deleted[i],
+									  &removed[i].delivery_count, &removed[i].vt);
 		BrokerLeaseDeleted(q.queue_id, deleted[i]);
 	}
 	if (n > 0)
 	{
 		BrokerNoteDeleted();
 		BrokerCount(q.queue_id, BROKER_COUNT_DELETED, (int64) n);
+		BrokerKeepRecords(&q, removed, n, "deleted", NULL, NULL);
 	}
 	BrokerSPIFinish();
 	return (Datum) 0;
+}
+
+/*
+ * A result or error for a job's record: no larger than the queue's
+ * max_message_size (54000, nothing changed), with or without retention.
+ */
+static Jsonb *
+outcome_arg(FunctionCallInfo fcinfo, int argno, const BrokerQueue *q,
+			const char *what)
+{
+	Jsonb	   *j;
+	Size		size;
+
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return NULL;
+	j = PG_GETARG_JSONB_P(argno);
+	size = VARSIZE_ANY_EXHDR(j);
+	if (size > (Size) q->max_message_size)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s too large: %zu bytes, queue \"%s\" accepts at most %d bytes",
+						what, size, q->name, q->max_message_size),
+				 errdetail("The %s is measured like a payload, in its jsonb binary form; nothing was changed.",
+						   what)));
+	return j;
+}
+
+/*
+ * broker.complete(queue, id, receipt, result): remove the message as delete
+ * does and record it done, with the result.
+ */
+Datum
+broker_complete(PG_FUNCTION_ARGS)
+{
+	BrokerQueue q;
+	BrokerRemoved removed;
+	Jsonb	   *result;
+	bool		done;
+
+	ack_queue(fcinfo, &q);
+	result = outcome_arg(fcinfo, 3, &q, "result");
+	done = remove_one(&q, PG_GETARG_INT64(1), !PG_ARGISNULL(2),
+					  PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2),
+					  q.has_retention ? &removed : NULL);
+	if (done)
+	{
+		BrokerCount(q.queue_id, BROKER_COUNT_COMPLETED, 1);
+		BrokerKeepRecords(&q, &removed, 1, "done", result, NULL);
+	}
+	BrokerSPIFinish();
+	PG_RETURN_BOOL(done);
+}
+
+/*
+ * broker.fail(queue, id, receipt, error): the job is not retried: the
+ * message leaves the queue, to the dead-letter queue if there is one
+ * (record dead_lettered), else for good (record failed).
+ */
+Datum
+broker_fail(PG_FUNCTION_ARGS)
+{
+	BrokerQueue q;
+	BrokerRemoved removed;
+	Jsonb	   *error;
+	bool		done;
+	int64		new_id = 0;
+
+	ack_queue(fcinfo, &q);
+	error = outcome_arg(fcinfo, 3, &q, "error");
+	done = remove_one(&q, PG_GETARG_INT64(1), !PG_ARGISNULL(2),
+					  PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2), &removed);
+	if (done)
+	{
+		BrokerCount(q.queue_id, BROKER_COUNT_FAILED, 1);
+		if (q.dead_letter_id != 0)
+		{
+			BrokerDeadMessage dead;
+
+			dead.payload = DatumGetJsonbP(removed.payload);
+			dead.headers = removed.headers;
+			dead.priority = removed.priority;
+			BrokerDeadLetter(&q, &dead, 1, &new_id);
+		}
+		BrokerKeepRecords(&q, &removed, 1,
+						  q.dead_letter_id != 0 ? "dead_lettered" : "failed",
+						  error, &new_id);
+	}
+	BrokerSPIFinish();
+	PG_RETURN_BOOL(done);
 }
 
 /*

@@ -105,17 +105,17 @@ int64
 BrokerStoreDedupClaim(int32 queue_id, text *key, int64 id,
 					  TimestampTz enqueued_at, TimestampTz since)
 {
-	BrokerDedupTables dt;
+	BrokerTablePair dt;
 	Datum		values[5];
 	int64		found;
 	int			rc;
 
-	BrokerDedupGet(BrokerSegmentState(), &dt);
+	BrokerPairGet(BrokerSegmentState(), BROKER_PAIR_DEDUP, &dt);
 
 	/* An emptied table holds nothing within any window. */
 	if (!dt.other_empty)
 	{
-		found = find_in((dt.cur + 1) % BROKER_DEDUP_TABLES, queue_id, key, since);
+		found = find_in((dt.cur + 1) % BROKER_PAIR_TABLES, queue_id, key, since);
 		if (found != 0)
 			return found;
 	}
@@ -142,7 +142,7 @@ BrokerStoreForgetKeys(int32 queue_id)
 	Datum		values[1];
 
 	values[0] = Int32GetDatum(queue_id);
-	for (int t = 0; t < BROKER_DEDUP_TABLES; t++)
+	for (int t = 0; t < BROKER_PAIR_TABLES; t++)
 	{
 		int			rc = BrokerStmtExecute(&forget_keys, t, values, NULL, 0);
 

@@ -109,6 +109,8 @@ take_messages(const BrokerQueue *q, BrokerQueueState *state, int limit,
 	{
 		BrokerDeadMessage *dead = palloc(sizeof(BrokerDeadMessage) * ndead);
 
+		int64	   *new_ids = palloc(sizeof(int64) * ndead);
+
 		BrokerStoreDeleteClaimed(q->queue_id, dead_rows, ndead);
 		for (int i = 0; i < ndead; i++)
 		{
@@ -117,7 +119,26 @@ take_messages(const BrokerQueue *q, BrokerQueueState *state, int limit,
 				DatumGetJsonbP(dead_rows[i].headers);
 			dead[i].priority = dead_rows[i].priority;
 		}
-		BrokerDeadLetter(q, dead, ndead);
+		BrokerDeadLetter(q, dead, ndead, new_ids);
+		if (q->has_retention)
+		{
+			BrokerRemoved *rem = palloc(sizeof(BrokerRemoved) * ndead);
+
+			for (int i = 0; i < ndead; i++)
+			{
+				rem[i].id = dead_rows[i].id;
+				rem[i].delivery_count = dead_rows[i].delivery_count;
+				rem[i].enqueued_at = dead_rows[i].enqueued_at;
+				rem[i].vt = dead_rows[i].vt;
+				rem[i].payload = dead_rows[i].payload;
+				rem[i].headers = dead[i].headers;
+				rem[i].priority = dead_rows[i].priority;
+			}
+			/* dropped after max_deliveries without a dead-letter queue: failed */
+			BrokerKeepRecords(q, rem, ndead,
+							  q->dead_letter_id != 0 ? "dead_lettered" : "failed",
+							  NULL, new_ids);
+		}
 	}
 	*ndead_out = ndead;
 	return delivered;

@@ -39,6 +39,7 @@
 #include "qstate.h"
 #include "segment.h"
 #include "sql.h"
+#include "store.h"
 
 #define OP(x) "OPERATOR(pg_catalog." x ")"
 #define SEG "broker.messages_%d"
@@ -76,9 +77,21 @@ static BrokerStmt group_promote = {
 	2, {INT4OID, TIDOID}, BROKER_STMT_INDEX, {NULL}
 };
 
-/* An expired waiting message, removed instead of promoted. */
+/*
+ * An expired waiting message, removed instead of promoted, with its record
+ * if the queue keeps them (records.c; variant = segment + 4 * records table).
+ */
 static BrokerStmt group_drop_expired = {
-	"DELETE FROM " SEG " m WHERE m.ctid " OP("=") " $1",
+	"WITH d AS (DELETE FROM " SEG " m WHERE m.ctid " OP("=") " $1 RETURNING m.*),"
+	" r AS (INSERT INTO broker.records_%r"
+	"   (queue_id, id, state, delivery_count, enqueued_at, visible_at,"
+	"    finished_at, payload, headers)"
+	"   SELECT q.queue_id, d.id, 'expired', d.delivery_count, d.enqueued_at,"
+	"          d.vt, d.expires_at, d.payload, d.headers"
+	"     FROM d JOIN broker.queue_defs q"
+	"       ON q.queue_id " OP("=") " pg_catalog.abs(d.queue_id)"
+	"    WHERE q.retention IS NOT NULL)"
+	" SELECT d.id FROM d",
 	1, {TIDOID}, BROKER_STMT_INDEX, {NULL}
 };
 
@@ -234,8 +247,10 @@ BrokerGroupPromote(int32 queue_id, text *key, int64 *expired)
 		if (best_expired)
 		{
 			upd[0] = PointerGetDatum(&best_tid);
-			rc = BrokerStmtExecuteLatest(&group_drop_expired, best, upd, NULL, 0);
-			BrokerStmtCheck(rc, SPI_OK_DELETE, "removing a group's expired message");
+			rc = BrokerStmtExecuteLatest(&group_drop_expired,
+										 best + 4 * BrokerStoreRecordTable(NULL),
+										 upd, NULL, 0);
+			BrokerStmtCheck(rc, SPI_OK_SELECT, "removing a group's expired message");
 			if (SPI_processed == 1)
 			{
 				if (expired)

@@ -175,6 +175,23 @@ BrokerLeaseCheck(int32 queue_id, int64 id, bool has_receipt, int64 receipt,
 	return BROKER_LEASE_HELD;
 }
 
+/*
+ * The lease this transaction holds on a message, if any: its delivery
+ * count and visibility time (not in the row until commit).
+ */
+bool
+BrokerLeasePending(int32 queue_id, int64 id, int32 *delivery_count,
+				   TimestampTz *vt)
+{
+	PendingLease *e = find_lease(queue_id, id);
+
+	if (e == NULL || e->deleted)
+		return false;
+	*delivery_count = e->delivery_count;
+	*vt = e->vt;
+	return true;
+}
+
 /* The message was deleted by this transaction: no lease to write. */
 void
 BrokerLeaseDeleted(int32 queue_id, int64 id)

@@ -29,6 +29,8 @@ extern void BrokerLeaseAdd(int32 queue_id, int64 id, const BrokerRowRef *ref,
 extern BrokerLeaseMatch BrokerLeaseCheck(int32 queue_id, int64 id,
 										 bool has_receipt, int64 receipt,
 										 BrokerRowRef *ref);
+extern bool BrokerLeasePending(int32 queue_id, int64 id, int32 *delivery_count,
+							   TimestampTz *vt);
 extern void BrokerLeaseDeleted(int32 queue_id, int64 id);
 extern bool BrokerLeaseSetVt(int32 queue_id, int64 id, int64 receipt,
 							 TimestampTz vt, bool release);

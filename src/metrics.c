@@ -61,8 +61,8 @@ broker_metrics(PG_FUNCTION_ARGS)
 	{
 		BrokerQueueCounts *c = &counts[i];
 		BrokerQueueState *state = shmem ? BrokerQueueStateGet(c->queue_id, false) : NULL;
-		Datum		out[10];
-		bool		outnull[10];
+		Datum		out[12];
+		bool		outnull[12];
 
 		memset(outnull, false, sizeof(outnull));
 		out[0] = CStringGetTextDatum(c->name);
@@ -77,7 +77,9 @@ broker_metrics(PG_FUNCTION_ARGS)
 		out[7] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->deleted_total) : 0);
 		out[8] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->expired_total) : 0);
 		out[9] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->dead_lettered_total) : 0);
-		for (int k = 6; k < 10; k++)
+		out[10] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->completed_total) : 0);
+		out[11] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->failed_total) : 0);
+		for (int k = 6; k < 12; k++)
 			outnull[k] = !shmem;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnull);
 	}

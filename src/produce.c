@@ -142,9 +142,12 @@ BrokerEnqueueOne(const BrokerQueue *q, const BrokerOutgoing *out, bool *stored)
 /*
  * Move messages taken out of a queue to its dead-letter queue, or drop them
  * when it has none; counted as dead-lettered.  The queue's lock is held.
+ * new_ids (if not NULL) gets each copy's id in the dead-letter queue, or 0
+ * when there is none.
  */
 void
-BrokerDeadLetter(const BrokerQueue *q, const BrokerDeadMessage *dead, int ndead)
+BrokerDeadLetter(const BrokerQueue *q, const BrokerDeadMessage *dead, int ndead,
+				 int64 *new_ids)
 {
 	BrokerQueue dlq;
 	TimestampTz now;
@@ -152,19 +155,22 @@ BrokerDeadLetter(const BrokerQueue *q, const BrokerDeadMessage *dead, int ndead)
 	BrokerNoteDeleted();
 	BrokerCount(q->queue_id, BROKER_COUNT_DEAD_LETTERED, ndead);
 	if (q->dead_letter_id == 0)
+	{
+		if (new_ids)
+			memset(new_ids, 0, sizeof(int64) * ndead);
 		return;
-
+	}
 	/* Lock order: the queue (held), then its dead-letter queue. */
 	BrokerLockQueueById(q->dead_letter_id, AccessShareLock);
 	if (!BrokerLookupQueueById(q->dead_letter_id, &dlq))
 		elog(ERROR, "broker: dead-letter queue %d of queue \"%s\" vanished",
 			 q->dead_letter_id, q->name);
-
 	now = GetCurrentTimestamp();
 	for (int i = 0; i < ndead; i++)
 	{
 		BrokerOutgoing m;
 		bool		stored;
+		int64		id;
 
 		/* Its priority goes with it; its group and dedup key do not. */
 		memset(&m, 0, sizeof(m));
@@ -176,6 +182,52 @@ BrokerDeadLetter(const BrokerQueue *q, const BrokerDeadMessage *dead, int ndead)
 		m.expires_at = dlq.has_default_ttl ?
 			BrokerTimestampPlus(now, &dlq.default_ttl) : 0;
 		m.priority = dead[i].priority;
-		(void) BrokerEnqueueOne(&dlq, &m, &stored);
+		id = BrokerEnqueueOne(&dlq, &m, &stored);
+		if (new_ids)
+			new_ids[i] = id;
 	}
+}
+
+/*
+ * Keep the records of messages that left a queue with a retention (no-op
+ * without one): state, the same result for all, and for dead-lettered
+ * ones their id in the dead-letter queue in the headers ("dead_letter_id").
+ */
+void
+BrokerKeepRecords(const BrokerQueue *q, const BrokerRemoved *rem, int n,
+				  const char *state, Jsonb *result, const int64 *dead_ids)
+{
+	BrokerRecord *recs;
+	TimestampTz now;
+
+	if (!q->has_retention || n == 0)
+		return;
+	(void) BrokerStoreRecordTable(&now);
+	recs = palloc(sizeof(BrokerRecord) * n);
+	for (int i = 0; i < n; i++)
+	{
+		BrokerRecord *r = &recs[i];
+
+		r->id = rem[i].id;
+		r->state = state;
+		r->delivery_count = rem[i].delivery_count;
+		r->enqueued_at = rem[i].enqueued_at;
+		r->visible_at = rem[i].vt;
+		r->finished_at = now;
+		r->payload = rem[i].payload;
+		r->headers = rem[i].headers;
+		r->result = result;
+		if (dead_ids && dead_ids[i] != 0)
+		{
+			char	   *json = psprintf("{\"dead_letter_id\": " INT64_FORMAT "}",
+										dead_ids[i]);
+			Datum		extra = DirectFunctionCall1(jsonb_in, CStringGetDatum(json));
+
+			r->headers = r->headers == NULL ? DatumGetJsonbP(extra) :
+				DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
+												   JsonbPGetDatum(r->headers),
+												   extra));
+		}
+	}
+	BrokerStoreRecord(q->queue_id, recs, n);
 }

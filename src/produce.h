@@ -15,6 +15,7 @@
 #include "utils/jsonb.h"
 
 #include "queuedef.h"
+#include "store.h"
 
 /* A dead-lettered message: what moves to the dead-letter queue. */
 typedef struct BrokerDeadMessage
@@ -46,6 +47,9 @@ extern TimestampTz BrokerDedupSince(const BrokerQueue *q, TimestampTz now);
 extern void BrokerNoteStored(const BrokerQueue *q, int64 n, int64 claimable,
 							 TimestampTz now, TimestampTz vt);
 extern void BrokerDeadLetter(const BrokerQueue *q, const BrokerDeadMessage *dead,
-							 int ndead);
+							 int ndead, int64 *new_ids);
+extern void BrokerKeepRecords(const BrokerQueue *q, const BrokerRemoved *rem, int n,
+							  const char *state, Jsonb *result,
+							  const int64 *dead_ids);
 
 #endif							/* BROKER_PRODUCE_H */

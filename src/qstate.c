@@ -153,6 +153,8 @@ BrokerQueueStateGet(int32 queue_id, bool create)
 		pg_atomic_init_u64(&state->deleted_total, 0);
 		pg_atomic_init_u64(&state->expired_total, 0);
 		pg_atomic_init_u64(&state->dead_lettered_total, 0);
+		pg_atomic_init_u64(&state->completed_total, 0);
+		pg_atomic_init_u64(&state->failed_total, 0);
 		ConditionVariableInit(&state->cv);
 		pg_atomic_init_u64(&state->next_due, (uint64) BROKER_NO_DUE);
 		state->timekeeper = -1;
@@ -430,6 +432,10 @@ publish_pending(void)
 								p->counts[BROKER_COUNT_EXPIRED]);
 		pg_atomic_fetch_add_u64(&state->dead_lettered_total,
 								p->counts[BROKER_COUNT_DEAD_LETTERED]);
+		pg_atomic_fetch_add_u64(&state->completed_total,
+								p->counts[BROKER_COUNT_COMPLETED]);
+		pg_atomic_fetch_add_u64(&state->failed_total,
+								p->counts[BROKER_COUNT_FAILED]);
 		/* Lower marks below messages that kept an older id (see above). */
 		for (int k = 0; k < BROKER_PRIORITIES; k++)
 		{
@@ -453,13 +459,15 @@ publish_pending(void)
 	for (int i = 0; i < npending; i++)
 	{
 		BrokerPending *p = &pending[i];
+		int64		removed;
 
+		/* A consumer's removals: deletes, completions and failures. */
+		removed = p->counts[BROKER_COUNT_DELETED] +
+			p->counts[BROKER_COUNT_COMPLETED] + p->counts[BROKER_COUNT_FAILED];
 		if (!p->dropped &&
-			(p->counts[BROKER_COUNT_DELIVERED] > 0 ||
-			 p->counts[BROKER_COUNT_DELETED] > 0))
+			(p->counts[BROKER_COUNT_DELIVERED] > 0 || removed > 0))
 			BrokerConsumerCount(p->installation, p->queue_id,
-								p->counts[BROKER_COUNT_DELIVERED],
-								p->counts[BROKER_COUNT_DELETED]);
+								p->counts[BROKER_COUNT_DELIVERED], removed);
 	}
 
 	for (int i = 0; i < npending; i++)

@@ -62,6 +62,8 @@ typedef struct BrokerQueueState
 	pg_atomic_uint64 deleted_total;
 	pg_atomic_uint64 expired_total;
 	pg_atomic_uint64 dead_lettered_total;
+	pg_atomic_uint64 completed_total;
+	pg_atomic_uint64 failed_total;
 	ConditionVariable cv;		/* long-poll waiters sleep here */
 	pg_atomic_uint64 next_due;	/* earliest known future vt, or BROKER_NO_DUE */
 	pg_atomic_uint32 waiters;	/* backends sleeping on cv now */
@@ -76,6 +78,8 @@ typedef enum BrokerCounter
 	BROKER_COUNT_DELETED,
 	BROKER_COUNT_EXPIRED,
 	BROKER_COUNT_DEAD_LETTERED,
+	BROKER_COUNT_COMPLETED,		/* complete() removed it */
+	BROKER_COUNT_FAILED,		/* fail() removed it */
 	BROKER_COUNT_DELIVERED,		/* leases taken (consumer history) */
 	BROKER_COUNT_READY,			/* made deliverable now: wake waiters */
 	BROKER_NUM_COUNTERS

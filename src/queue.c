@@ -27,11 +27,12 @@
 static BrokerStmt insert_queue = {
 	"INSERT INTO broker.queue_defs AS q (queue_id, name, lease,"
 	"       max_message_size, default_ttl, max_deliveries, dead_letter_id,"
-	"       dedup_window)"
+	"       dedup_window, retention)"
 	" VALUES (pg_catalog.nextval('broker.queue_id_seq'::pg_catalog.regclass),"
-	"         $1, $2, $3, $4, $5, $6, $7)"
+	"         $1, $2, $3, $4, $5, $6, $7, $8)"
 	" ON CONFLICT (name) DO NOTHING RETURNING q.queue_id",
-	7, {TEXTOID, INTERVALOID, INT4OID, INTERVALOID, INT4OID, INT4OID, INTERVALOID}, 0, {NULL}
+	8, {TEXTOID, INTERVALOID, INT4OID, INTERVALOID, INT4OID, INT4OID, INTERVALOID,
+	INTERVALOID}, 0, {NULL}
 };
 
 /* The queues that use $1 as their dead-letter queue. */
@@ -84,7 +85,7 @@ check_queue_settings(Interval *lease, int32 max_message_size,
 /*
  * broker.create_queue(queue, lease, max_message_size, default_ttl,
  *					   max_deliveries, dead_letter_queue, if_not_exists,
- *					   dedup_window)
+ *					   dedup_window, retention)
  */
 Datum
 broker_create_queue(PG_FUNCTION_ARGS)
@@ -95,8 +96,9 @@ broker_create_queue(PG_FUNCTION_ARGS)
 	Interval   *default_ttl = PG_ARGISNULL(3) ? NULL : PG_GETARG_INTERVAL_P(3);
 	bool		if_not_exists;
 	Interval   *dedup_window;
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Interval   *retention = NULL;
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	int			rc;
 
 	BrokerRequireArg(fcinfo, 1, "lease");
@@ -122,6 +124,16 @@ broker_create_queue(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("dedup_window must be positive")));
 	BrokerCheckIntervalMax(dedup_window, "dedup_window");
+	if (PG_NARGS() > 8 && !PG_ARGISNULL(8))
+	{
+		retention = PG_GETARG_INTERVAL_P(8);
+		if (!BrokerIntervalIsPositive(retention))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("retention must be positive"),
+					 errhint("Use NULL to keep no records.")));
+		BrokerCheckIntervalMax(retention, "retention");
+	}
 
 	check_queue_settings(lease, max_message_size, default_ttl,
 						 !PG_ARGISNULL(4), PG_ARGISNULL(4) ? 0 : PG_GETARG_INT32(4));
@@ -138,6 +150,8 @@ broker_create_queue(PG_FUNCTION_ARGS)
 	values[5] = (Datum) 0;
 	nulls[5] = 'n';
 	values[6] = IntervalPGetDatum(dedup_window);
+	values[7] = retention ? IntervalPGetDatum(retention) : (Datum) 0;
+	nulls[7] = retention ? ' ' : 'n';
 
 	if (!PG_ARGISNULL(5))
 	{
@@ -223,6 +237,7 @@ broker_drop_queue(PG_FUNCTION_ARGS)
 
 	(void) BrokerStorePurge(q.queue_id);
 	BrokerStoreForgetKeys(q.queue_id);
+	BrokerStoreForgetRecords(q.queue_id);
 	BrokerTopicsForgetQueue(q.queue_id);
 	rc = BrokerStmtExecute(&delete_queue, -1, values, NULL, 0);
 	BrokerStmtCheck(rc, SPI_OK_DELETE, "dropping the queue");
@@ -249,6 +264,7 @@ broker_purge_queue(PG_FUNCTION_ARGS)
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessExclusiveLock, &q);
 	n = BrokerStorePurge(q.queue_id);
+	BrokerStoreForgetRecords(q.queue_id);
 	BrokerNoteDeleted();
 	BrokerSPIFinish();
 	PG_RETURN_INT64((int64) n);

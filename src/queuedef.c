@@ -34,7 +34,8 @@
 #define OP(x) "OPERATOR(pg_catalog." x ")"
 #define QUEUE_COLUMNS \
 	"SELECT q.queue_id, q.name, q.lease, q.max_message_size, q.default_ttl," \
-	"       q.max_deliveries, q.dead_letter_id, q.dedup_window FROM broker.queue_defs q"
+	"       q.max_deliveries, q.dead_letter_id, q.dedup_window, q.retention" \
+	"  FROM broker.queue_defs q"
 
 static BrokerStmt queue_by_name = {
 	QUEUE_COLUMNS " WHERE q.name " OP("=") " $1 AND q.kind " OP("=") " 'q'",
@@ -112,6 +113,10 @@ queue_from_tuple(HeapTuple tup, TupleDesc desc, BrokerQueue *q)
 	d = SPI_getbinval(tup, desc, 7, &isnull);
 	q->dead_letter_id = isnull ? 0 : DatumGetInt32(d);
 	q->dedup_window = *DatumGetIntervalP(SPI_getbinval(tup, desc, 8, &isnull));
+	d = SPI_getbinval(tup, desc, 9, &isnull);
+	q->has_retention = !isnull;
+	if (!isnull)
+		q->retention = *DatumGetIntervalP(d);
 }
 
 /* Raise the standard "queue does not exist" error (42704). */

@@ -28,6 +28,8 @@ typedef struct BrokerQueue
 	int32		max_deliveries;		/* 0: no limit */
 	int32		dead_letter_id;		/* 0: none */
 	Interval	dedup_window;
+	bool		has_retention;	/* keep a record of each message that leaves */
+	Interval	retention;
 } BrokerQueue;
 
 extern bool BrokerLookupQueue(text *name, bool missing_ok, BrokerQueue *out);

@@ -46,22 +46,44 @@ static BrokerStmt delete_tids = {
 	1, {TIDARRAYOID}, PERSEG, {NULL}
 };
 
-static BrokerStmt delete_one = {
+/*
+ * Deletes return the queue id and group key (is it a group's head?), and,
+ * in their _full forms for queues that keep records, what the record needs.
+ */
+#define RETURN_KEY		" RETURNING m.queue_id, m.group_key, m.id"
+#define RETURN_FULL \
+	RETURN_KEY ", m.delivery_count, m.enqueued_at, m.vt, m.payload, m.headers," \
+	" m.priority"
+#define DELETE_ONE \
 	"DELETE FROM " SEG " m WHERE " EITHER("m.queue_id") " AND m.id " OP("=") " $2"
-	" RETURNING m.queue_id, m.group_key",
-	2, {INT4OID, INT8OID}, PERSEG, {NULL}
+#define DELETE_RECEIPT \
+	"DELETE FROM " SEG " m WHERE m.queue_id " OP("=") " $1 AND m.id " OP("=") " $2" \
+	"   AND m.receipt " OP("=") " $3"
+#define DELETE_MANY \
+	"DELETE FROM " SEG " m WHERE " EITHER("m.queue_id") " AND m.id " OP("=") " ANY ($2)"
+
+static BrokerStmt delete_one = {
+	DELETE_ONE RETURN_KEY, 2, {INT4OID, INT8OID}, PERSEG, {NULL}
+};
+
+static BrokerStmt delete_one_full = {
+	DELETE_ONE RETURN_FULL, 2, {INT4OID, INT8OID}, PERSEG, {NULL}
 };
 
 static BrokerStmt delete_receipt = {
-	"DELETE FROM " SEG " m WHERE m.queue_id " OP("=") " $1 AND m.id " OP("=") " $2"
-	"   AND m.receipt " OP("=") " $3 RETURNING m.queue_id, m.group_key",
-	3, {INT4OID, INT8OID, INT8OID}, PERSEG, {NULL}
+	DELETE_RECEIPT RETURN_KEY, 3, {INT4OID, INT8OID, INT8OID}, PERSEG, {NULL}
+};
+
+static BrokerStmt delete_receipt_full = {
+	DELETE_RECEIPT RETURN_FULL, 3, {INT4OID, INT8OID, INT8OID}, PERSEG, {NULL}
 };
 
 static BrokerStmt delete_many = {
-	"DELETE FROM " SEG " m WHERE " EITHER("m.queue_id") " AND m.id " OP("=") " ANY ($2)"
-	" RETURNING m.id, m.queue_id, m.group_key",
-	2, {INT4OID, INT8ARRAYOID}, PERSEG, {NULL}
+	DELETE_MANY RETURN_KEY, 2, {INT4OID, INT8ARRAYOID}, PERSEG, {NULL}
+};
+
+static BrokerStmt delete_many_full = {
+	DELETE_MANY RETURN_FULL, 2, {INT4OID, INT8ARRAYOID}, PERSEG, {NULL}
 };
 
 static BrokerStmt release_vt = {
@@ -96,15 +118,28 @@ static BrokerStmt purge_grouped = {
  * while a segment is empty would scan the whole segment for as long as it
  * lives, while a custom plan sees the table's size and the cut-off and
  * picks the expiry index.  Rows other transactions hold are skipped, so
- * the reaper never waits on a consumer.
+ * the reaper never waits on a consumer.  The same statement writes the
+ * records of the queues that keep them (records.c): variant = segment + 4
+ * * records table.
  */
+#define EXPIRE_RECORDS(src) \
+	" r AS (INSERT INTO broker.records_%r" \
+	"   (queue_id, id, state, delivery_count, enqueued_at, visible_at," \
+	"    finished_at, payload, headers)" \
+	"   SELECT q.queue_id, d.id, 'expired', d.delivery_count, d.enqueued_at," \
+	"          d.vt, d.expires_at, d.payload, d.headers" \
+	"     FROM " src " d JOIN broker.queue_defs q" \
+	"       ON q.queue_id " OP("=") " pg_catalog.abs(d.queue_id)" \
+	"    WHERE q.retention IS NOT NULL)"
+
 #define EXPIRE_SQL(cond) \
-	"DELETE FROM " SEG " m" \
+	"WITH d AS (DELETE FROM " SEG " m" \
 	" WHERE m.ctid " OP("=") " ANY (ARRAY(" \
 	"   SELECT x.ctid FROM " SEG " x" \
 	"    WHERE " cond "x.expires_at " OP("<=") " $1 AND x.group_key IS NULL" \
 	"    ORDER BY x.expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))" \
-	" RETURNING m.queue_id"
+	" RETURNING m.*)," EXPIRE_RECORDS("d") \
+	" SELECT d.queue_id FROM d"
 
 static BrokerStmt expire_all = {
 	EXPIRE_SQL(""), 2, {TIMESTAMPTZOID, INT8OID}, BROKER_STMT_CUSTOM, {NULL}
@@ -132,11 +167,12 @@ static BrokerStmt expired_grouped_queue = {
 };
 
 static BrokerStmt expire_grouped_one = {
-	"DELETE FROM " SEG " m"
+	"WITH d AS (DELETE FROM " SEG " m"
 	" WHERE m.ctid " OP("=") " ANY (ARRAY("
 	"   SELECT x.ctid FROM " SEG " x WHERE x.ctid " OP("=") " $1"
 	"      AND x.expires_at " OP("<=") " $2 FOR UPDATE SKIP LOCKED))"
-	" RETURNING m.queue_id",
+	" RETURNING m.*)," EXPIRE_RECORDS("d")
+	" SELECT d.queue_id FROM d",
 	2, {TIDOID, TIMESTAMPTZOID}, PERSEG, {NULL}
 };
 
@@ -237,17 +273,36 @@ BrokerStoreDeleteClaimed(int32 queue_id, const BrokerClaimed *rows, int n)
 	left_finish(&left);
 }
 
+/* What a _full delete returned for row i (RETURN_FULL's columns). */
+static void
+removed_from(HeapTuple tup, TupleDesc desc, BrokerRemoved *r)
+{
+	bool		isnull;
+	Datum		d;
+
+	r->id = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+	r->delivery_count = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+	r->enqueued_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
+	r->vt = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull));
+	r->payload = SPI_getbinval(tup, desc, 7, &isnull);
+	d = SPI_getbinval(tup, desc, 8, &isnull);
+	r->headers = isnull ? NULL : DatumGetJsonbP(d);
+	r->priority = DatumGetInt16(SPI_getbinval(tup, desc, 9, &isnull));
+}
+
 /*
  * Delete one message, only with that receipt if has_receipt; "where" (or
- * NULL) says where a row this transaction claimed is.  True if deleted.
+ * NULL) says where a row this transaction claimed is.  True if deleted;
+ * *removed (if not NULL) gets what it was, for its record.
  */
 bool
 BrokerStoreDelete(int32 queue_id, int64 id, bool has_receipt, int64 receipt,
-				  const BrokerRowRef *where)
+				  const BrokerRowRef *where, BrokerRemoved *removed)
 {
 	int			segs[BROKER_SEGMENTS];
 	int			nsegs;
 	Datum		values[3];
+	BrokerStmt *stmt;
 
 	if (where != NULL)
 	{
@@ -257,13 +312,16 @@ BrokerStoreDelete(int32 queue_id, int64 id, bool has_receipt, int64 receipt,
 	else
 		nsegs = BrokerSegmentLookupOrder(id, segs);
 
+	if (has_receipt)
+		stmt = removed ? &delete_receipt_full : &delete_receipt;
+	else
+		stmt = removed ? &delete_one_full : &delete_one;
 	values[0] = Int32GetDatum(queue_id);
 	values[1] = Int64GetDatum(id);
 	values[2] = Int64GetDatum(receipt);
 	for (int i = 0; i < nsegs; i++)
 	{
-		int			rc = BrokerStmtExecute(has_receipt ? &delete_receipt : &delete_one,
-										   segs[i], values, NULL, 0);
+		int			rc = BrokerStmtExecute(stmt, segs[i], values, NULL, 0);
 
 		BrokerStmtCheck(rc, SPI_OK_DELETE_RETURNING, "delete");
 		if (SPI_processed > 0)
@@ -271,12 +329,13 @@ BrokerStoreDelete(int32 queue_id, int64 id, bool has_receipt, int64 receipt,
 			LeftHeads	left;
 			bool		isnull;
 			bool		key_null;
-			int32		row_queue = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
-																SPI_tuptable->tupdesc,
-																1, &isnull));
-			Datum		key = SPI_getbinval(SPI_tuptable->vals[0],
-											SPI_tuptable->tupdesc, 2, &key_null);
+			HeapTuple	tup = SPI_tuptable->vals[0];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			int32		row_queue = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+			Datum		key = SPI_getbinval(tup, desc, 2, &key_null);
 
+			if (removed)
+				removed_from(tup, desc, removed);
 			left_init(&left, queue_id);
 			left_note(&left, row_queue, key, key_null);
 			left_finish(&left);
@@ -288,14 +347,17 @@ BrokerStoreDelete(int32 queue_id, int64 id, bool has_receipt, int64 receipt,
 
 /*
  * Delete the messages of a queue with the given ids; returns how many were
- * deleted, their ids in *deleted.  Every segment is tried: drained ones are
- * only a hint (segment.c).
+ * deleted, their ids in *deleted, and (removed not NULL) what they were in
+ * *removed.  Every segment is tried: drained ones are only a hint
+ * (segment.c).
  */
 int
-BrokerStoreDeleteMany(int32 queue_id, ArrayType *ids, int64 **deleted)
+BrokerStoreDeleteMany(int32 queue_id, ArrayType *ids, int64 **deleted,
+					  BrokerRemoved **removed)
 {
 	int			cap = 16;
 	int64	   *out = palloc(sizeof(int64) * cap);
+	BrokerRemoved *rem = removed ? palloc(sizeof(BrokerRemoved) * cap) : NULL;
 	int			n = 0;
 	Datum		values[2];
 	LeftHeads	left;
@@ -305,7 +367,8 @@ BrokerStoreDeleteMany(int32 queue_id, ArrayType *ids, int64 **deleted)
 	values[1] = PointerGetDatum(ids);
 	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
 	{
-		int			rc = BrokerStmtExecute(&delete_many, seg, values, NULL, 0);
+		int			rc = BrokerStmtExecute(removed ? &delete_many_full : &delete_many,
+										   seg, values, NULL, 0);
 
 		BrokerStmtCheck(rc, SPI_OK_DELETE_RETURNING, "delete");
 		for (uint64 i = 0; i < SPI_processed; i++)
@@ -320,15 +383,22 @@ BrokerStoreDeleteMany(int32 queue_id, ArrayType *ids, int64 **deleted)
 			{
 				cap *= 2;
 				out = repalloc(out, sizeof(int64) * cap);
+				if (rem)
+					rem = repalloc(rem, sizeof(BrokerRemoved) * cap);
 			}
-			out[n++] = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-			key = SPI_getbinval(tup, desc, 3, &key_null);
-			left_note(&left, DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull)),
+			out[n] = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+			if (rem)
+				removed_from(tup, desc, &rem[n]);
+			n++;
+			key = SPI_getbinval(tup, desc, 2, &key_null);
+			left_note(&left, DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)),
 					  key, key_null);
 		}
 	}
 	left_finish(&left);
 	*deleted = out;
+	if (removed)
+		*removed = rem;
 	return n;
 }
 
@@ -412,6 +482,7 @@ expire_grouped(int seg, int32 queue_id, TimestampTz now, int limit,
 	int32	   *done;
 	uint64		n = 0;
 	int64		more = 0;		/* expired ones met while promoting */
+	int			rec = BrokerStoreRecordTable(NULL);
 
 	values[0] = TimestampTzGetDatum(now);
 	values[1] = Int64GetDatum((int64) limit);
@@ -446,8 +517,8 @@ expire_grouped(int seg, int32 queue_id, TimestampTz now, int limit,
 			continue;			/* a producer or consumer has the group: later */
 		del[0] = PointerGetDatum(&tids[i]);
 		del[1] = TimestampTzGetDatum(now);
-		rc = BrokerStmtExecute(&expire_grouped_one, seg, del, NULL, 0);
-		BrokerStmtCheck(rc, SPI_OK_DELETE_RETURNING, "reaping");
+		rc = BrokerStmtExecute(&expire_grouped_one, seg + 4 * rec, del, NULL, 0);
+		BrokerStmtCheck(rc, SPI_OK_SELECT, "reaping");
 		if (SPI_processed == 0)
 			continue;			/* taken, or gone, meanwhile */
 		done[n++] = q;
@@ -472,6 +543,7 @@ BrokerStoreExpire(int32 queue_id, TimestampTz now, int limit,
 	int			nsegs = BrokerSegmentScanOrder(segs);
 	uint64		total = 0;
 	Datum		values[3];
+	int			rec = BrokerStoreRecordTable(NULL);
 
 	values[0] = TimestampTzGetDatum(now);
 	values[1] = Int64GetDatum((int64) limit);
@@ -484,8 +556,8 @@ BrokerStoreExpire(int32 queue_id, TimestampTz now, int limit,
 
 		CHECK_FOR_INTERRUPTS();
 		rc = BrokerStmtExecute(queue_id > 0 ? &expire_queue : &expire_all,
-							   segs[s], values, NULL, 0);
-		BrokerStmtCheck(rc, SPI_OK_DELETE_RETURNING, "reaping");
+							   segs[s] + 4 * rec, values, NULL, 0);
+		BrokerStmtCheck(rc, SPI_OK_SELECT, "reaping");
 		n = SPI_processed;
 		if (n > 0)
 		{

@@ -50,11 +50,29 @@
 	"  RETURNING d.*)" \
 	" INSERT INTO broker.messages_%d SELECT m.* FROM m"
 #define TRUNCATE_SQL "TRUNCATE broker.messages_%d"
-#define TRUNCATE_DEDUP_SQL "TRUNCATE broker.dedup_%d"
-#define DEDUP_HAS_ROWS_SQL "SELECT 1 FROM broker.dedup_%d LIMIT 1"
-#define BROKER_DEDUP_MIN_TURN_US	USECS_PER_SEC
-#define MAX_WINDOW_SQL \
-	"SELECT pg_catalog.max(q.dedup_window) FROM broker.queue_defs q"
+#define BROKER_PAIR_MIN_TURN_US	USECS_PER_SEC
+
+/* The pairs of rotated tables (segment.h), and how long each keeps rows. */
+static const struct
+{
+	const char *truncate;		/* with %d for the table */
+	const char *has_rows;
+	const char *relname[BROKER_PAIR_TABLES];
+	const char *longest;		/* the longest time a row must be kept */
+}			pair_sql[BROKER_NUM_PAIRS] = {
+	[BROKER_PAIR_DEDUP] = {
+		"TRUNCATE broker.dedup_%d",
+		"SELECT 1 FROM broker.dedup_%d LIMIT 1",
+		{"dedup_0", "dedup_1"},
+		"SELECT pg_catalog.max(q.dedup_window) FROM broker.queue_defs q"
+	},
+	[BROKER_PAIR_RECORDS] = {
+		"TRUNCATE broker.records_%d",
+		"SELECT 1 FROM broker.records_%d LIMIT 1",
+		{"records_0", "records_1"},
+		"SELECT pg_catalog.max(q.retention) FROM broker.queue_defs q"
+	},
+};
 #define LAST_ID_SQL "SELECT s.last_value FROM broker.message_id_seq s"
 
 /* Rotation: the table may have no rows yet (see load_state), so upsert. */
@@ -145,13 +163,12 @@ lock_briefly(Oid relid, LOCKMODE mode)
 	return try_step(lock_step, relid, -1, mode, ERRCODE_LOCK_NOT_AVAILABLE);
 }
 
-/* Step: TRUNCATE a dedup table. */
+/* Step: TRUNCATE a table of a pair (relid: which pair, as a number). */
 static void
-truncate_dedup_step(Oid relid, int table, LOCKMODE mode)
+truncate_pair_step(Oid relid, int table, LOCKMODE mode)
 {
-	(void) relid;
 	(void) mode;
-	run_on_segment(TRUNCATE_DEDUP_SQL, table, SPI_OK_UTILITY);
+	run_on_segment(pair_sql[relid].truncate, table, SPI_OK_UTILITY);
 }
 
 /*
@@ -211,33 +228,33 @@ move_rows(SegState *st, int from, int to)
 }
 
 /*
- * The dedup tables (dedup.c): empty the one that stopped taking keys once
- * the longest window has passed since; swap when it is empty and the
- * current one has taken keys for a window's length.  The maintainers'
- * lock is held.
+ * A pair of rotated tables (dedup.c, records.c): empty the one that
+ * stopped taking rows once the longest time its rows must be kept has
+ * passed since; swap when it is empty and the current one has taken rows
+ * for that long.  The maintainers' lock is held.
  */
 static void
-maintain_dedup(SegState *st)
+maintain_pair(SegState *st, BrokerPair pair)
 {
-	BrokerDedupTables dt;
+	BrokerTablePair dt;
 	TimestampTz now = GetCurrentTimestamp();
-	Interval	maxwin;
+	Interval	longest;
 	int			other;
 	bool		isnull;
 	Datum		d;
 	int			rc;
 
-	BrokerDedupGet(st, &dt);
-	other = (dt.cur + 1) % BROKER_DEDUP_TABLES;
+	BrokerPairGet(st, pair, &dt);
+	other = (dt.cur + 1) % BROKER_PAIR_TABLES;
 
-	rc = SPI_execute(MAX_WINDOW_SQL, false, 1);
+	rc = SPI_execute(pair_sql[pair].longest, false, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "broker: reading the queues' dedup windows failed");
+		elog(ERROR, "broker: reading the queues' settings failed");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull)
-		memset(&maxwin, 0, sizeof(maxwin));
+		memset(&longest, 0, sizeof(longest));
 	else
-		maxwin = *DatumGetIntervalP(d);
+		longest = *DatumGetIntervalP(d);
 
 	/*
 	 * Since the start no producer has written to the other table (they all
@@ -245,43 +262,43 @@ maintain_dedup(SegState *st)
 	 * now rather than a window later.
 	 */
 	if (!dt.other_empty && !dt.turned &&
-		run_on_segment(DEDUP_HAS_ROWS_SQL, other, SPI_OK_SELECT) == 0)
+		run_on_segment(pair_sql[pair].has_rows, other, SPI_OK_SELECT) == 0)
 	{
 		dt.other_empty = true;
-		BrokerDedupSet(st, &dt);
+		BrokerPairSet(st, pair, &dt);
 	}
 
-	if (!dt.other_empty && BrokerTimestampPlus(dt.stopped, &maxwin) < now)
+	if (!dt.other_empty && BrokerTimestampPlus(dt.stopped, &longest) < now)
 	{
-		Oid			relid = BrokerRelid(other == 0 ? "dedup_0" : "dedup_1");
+		Oid			relid = BrokerRelid(pair_sql[pair].relname[other]);
 
 		/* An empty table is not truncated (a new file each time). */
-		if (run_on_segment(DEDUP_HAS_ROWS_SQL, other, SPI_OK_SELECT) > 0 &&
+		if (run_on_segment(pair_sql[pair].has_rows, other, SPI_OK_SELECT) > 0 &&
 			(!lock_briefly(relid, AccessExclusiveLock) ||
-			 !try_step(truncate_dedup_step, InvalidOid, other, NoLock,
+			 !try_step(truncate_pair_step, (Oid) pair, other, NoLock,
 					   ERRCODE_OBJECT_IN_USE)))
 			return;
-		/* Safe at once: every key in it was older than any window. */
+		/* Safe at once: every row in it was older than it must be kept. */
 		dt.other_empty = true;
-		BrokerDedupSet(st, &dt);
+		BrokerPairSet(st, pair, &dt);
 	}
 
 	/* Not more often than once a second, however short the windows. */
-	if (dt.other_empty && BrokerTimestampPlus(dt.since, &maxwin) <= now &&
-		now - dt.since >= BROKER_DEDUP_MIN_TURN_US)
+	if (dt.other_empty && BrokerTimestampPlus(dt.since, &longest) <= now &&
+		now - dt.since >= BROKER_PAIR_MIN_TURN_US)
 	{
 		dt.cur = other;
 		dt.since = now;
 		dt.other_empty = false;
 		dt.turned = true;
-		BrokerDedupSet(st, &dt);
+		BrokerPairSet(st, pair, &dt);
 
 		/*
 		 * A producer that still saw the old table read its clock before
-		 * that (dedup.c): so every key it records there is older than this.
+		 * that (dedup.c): so every row it adds there is older than this.
 		 */
 		dt.stopped = GetCurrentTimestamp();
-		BrokerDedupSet(st, &dt);
+		BrokerPairSet(st, pair, &dt);
 	}
 }
 
@@ -368,7 +385,8 @@ maintain(void)
 			next_drained = true;
 	}
 
-	maintain_dedup(st);
+	for (int pair = 0; pair < BROKER_NUM_PAIRS; pair++)
+		maintain_pair(st, (BrokerPair) pair);
 
 	if (rotate_due && next_drained)
 	{

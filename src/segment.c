@@ -117,7 +117,7 @@ struct SegState
 	uint32		drained;		/* bit per segment: a hint, see above */
 	pg_atomic_uint32 movers;	/* open transactions moving rows */
 	pg_atomic_uint64 move_gen;	/* bumped when one begins and when it ends */
-	BrokerDedupTables dedup;	/* under mutex (rotate.c, dedup.c) */
+	BrokerTablePair pairs[BROKER_NUM_PAIRS];	/* under mutex (rotate.c) */
 };
 
 /* A change the maintaining transaction publishes when it commits. */
@@ -253,32 +253,36 @@ init_state(SegState *st)
 	pg_atomic_init_u64(&st->move_gen, 0);
 
 	/*
-	 * Dedup tables: after a start, which one took keys last is not known;
-	 * table 0 takes them now, and table 1 is emptied once the longest
-	 * window has passed (every key in it is older than now).
+	 * Pairs of rotated tables: after a start, which one took rows last is
+	 * not known; table 0 takes them now, and table 1 is emptied once the
+	 * longest window (or retention) has passed: everything in it is older
+	 * than now.
 	 */
-	st->dedup.cur = 0;
-	st->dedup.since = GetCurrentTimestamp();
-	st->dedup.stopped = st->dedup.since;
-	st->dedup.other_empty = false;
-	st->dedup.turned = false;
+	for (int p = 0; p < BROKER_NUM_PAIRS; p++)
+	{
+		st->pairs[p].cur = 0;
+		st->pairs[p].since = GetCurrentTimestamp();
+		st->pairs[p].stopped = st->pairs[p].since;
+		st->pairs[p].other_empty = false;
+		st->pairs[p].turned = false;
+	}
 }
 
-/* The dedup tables' state of an installation. */
+/* A pair of rotated tables' state of an installation. */
 void
-BrokerDedupGet(SegState *st, BrokerDedupTables *out)
+BrokerPairGet(SegState *st, BrokerPair pair, BrokerTablePair *out)
 {
 	SpinLockAcquire(&st->mutex);
-	*out = st->dedup;
+	*out = st->pairs[pair];
 	SpinLockRelease(&st->mutex);
 }
 
 /* Replace it (maintenance, rotate.c). */
 void
-BrokerDedupSet(SegState *st, const BrokerDedupTables *in)
+BrokerPairSet(SegState *st, BrokerPair pair, const BrokerTablePair *in)
 {
 	SpinLockAcquire(&st->mutex);
-	st->dedup = *in;
+	st->pairs[pair] = *in;
 	SpinLockRelease(&st->mutex);
 }
 

@@ -17,21 +17,31 @@
 /* Segment tables broker.messages_0 .. _3. */
 #define BROKER_SEGMENTS			4
 
-/* Dedup tables broker.dedup_0 and _1. */
-#define BROKER_DEDUP_TABLES		2
+/*
+ * Pairs of rotated tables: the dedup keys (broker.dedup_0, _1) and the job
+ * records (broker.records_0, _1).  One of a pair takes new rows; the other
+ * only answers lookups until maintenance empties it (rotate.c).
+ */
+#define BROKER_PAIR_TABLES		2
+typedef enum BrokerPair
+{
+	BROKER_PAIR_DEDUP,
+	BROKER_PAIR_RECORDS,
+	BROKER_NUM_PAIRS
+} BrokerPair;
 
 /*
- * Which dedup table takes new keys (cur), since when, when the other one
- * stopped taking them, and whether it was emptied since.
+ * Which table of a pair takes new rows (cur), since when, when the other
+ * one stopped taking them, and whether it was emptied since.
  */
-typedef struct BrokerDedupTables
+typedef struct BrokerTablePair
 {
 	int			cur;
 	TimestampTz since;
 	TimestampTz stopped;
 	bool		other_empty;
 	bool		turned;			/* cur changed since the server started */
-} BrokerDedupTables;
+} BrokerTablePair;
 
 /* One installation's segment state in shared memory. */
 typedef struct SegState SegState;
@@ -49,7 +59,7 @@ extern void BrokerSegmentClearDrained(SegState *st, int seg);
 extern void BrokerSegmentAnnounceMove(SegState *st);
 extern void BrokerSegmentRecord(SegState *st, int drained_seg, int new_cur,
 								int64 first_id);
-extern void BrokerDedupGet(SegState *st, BrokerDedupTables *out);
-extern void BrokerDedupSet(SegState *st, const BrokerDedupTables *in);
+extern void BrokerPairGet(SegState *st, BrokerPair pair, BrokerTablePair *out);
+extern void BrokerPairSet(SegState *st, BrokerPair pair, const BrokerTablePair *in);
 
 #endif							/* BROKER_SEGMENT_H */

@@ -46,9 +46,10 @@ BrokerSPIFinish(void)
 
 /*
  * The text of a statement's variant: every "%d" in it replaced by the
- * variant's number (a statement may name its segment more than once, as
- * the expiry statement does; a format string with one argument would
- * leave the second name to chance).
+ * variant's number modulo 4 (its segment, or its table of a pair), every
+ * "%r" by the variant divided by 4 (a statement that names a segment and a
+ * table of a pair: variant = segment + 4 * table).  A statement may name
+ * its segment more than once, as the expiry statement does.
  */
 static char *
 stmt_text(const char *sql, int variant)
@@ -58,9 +59,9 @@ stmt_text(const char *sql, int variant)
 	initStringInfo(&buf);
 	for (const char *p = sql; *p != '\0'; p++)
 	{
-		if (p[0] == '%' && p[1] == 'd')
+		if (p[0] == '%' && (p[1] == 'd' || p[1] == 'r'))
 		{
-			appendStringInfo(&buf, "%d", variant);
+			appendStringInfo(&buf, "%d", p[1] == 'd' ? variant % 4 : variant / 4);
 			p++;
 		}
 		else

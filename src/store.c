@@ -79,7 +79,7 @@ static BrokerStmt insert_batch_grouped = {
 
 #define CLAIM_SELECT \
 	"SELECT m.ctid, m.id, m.payload, m.headers, m.enqueued_at," \
-	"       m.delivery_count, m.expires_at, m.group_key, m.priority" \
+	"       m.delivery_count, m.expires_at, m.group_key, m.priority, m.vt" \
 	"  FROM " SEG " m" \
 	" WHERE m.queue_id " OP("=") " $1 AND m.id " OP(">=") " $2" \
 	"   AND m.vt " OP("<=") " $3" \
@@ -388,6 +388,7 @@ claim_priority(const BrokerClaimSpec *spec, int priority, BrokerClaimed *out,
 			d = SPI_getbinval(tup, desc, 8, &isnull);
 			c->group_key = isnull ? NULL : DatumGetTextPP(d);
 			c->priority = DatumGetInt16(SPI_getbinval(tup, desc, 9, &isnull));
+			c->vt = DatumGetTimestampTz(SPI_getbinval(tup, desc, 10, &isnull));
 		}
 	}
 }

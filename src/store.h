@@ -60,6 +60,7 @@ typedef struct BrokerClaimed
 	bool		expires_null;
 	text	   *group_key;		/* ordered group (it is the head), or NULL */
 	int			priority;
+	TimestampTz vt;				/* its visibility time before this claim */
 } BrokerClaimed;
 
 /* What to claim: a queue's deliverable messages, highest priority first. */
@@ -95,6 +96,49 @@ typedef struct BrokerQueueCounts
 	Interval	oldest_ready_age;
 } BrokerQueueCounts;
 
+/* A message a delete took out, as it was (for its job record). */
+typedef struct BrokerRemoved
+{
+	int64		id;
+	int32		delivery_count;
+	TimestampTz enqueued_at;
+	TimestampTz vt;
+	Datum		payload;
+	Jsonb	   *headers;		/* or NULL */
+	int			priority;
+} BrokerRemoved;
+
+/* The record of a message that left a queue with a retention. */
+typedef struct BrokerRecord
+{
+	int64		id;
+	const char *state;			/* done, failed, deleted, dead_lettered, expired */
+	int32		delivery_count;
+	TimestampTz enqueued_at;
+	TimestampTz visible_at;
+	TimestampTz finished_at;
+	Datum		payload;
+	Jsonb	   *headers;		/* or NULL */
+	Jsonb	   *result;			/* or NULL */
+} BrokerRecord;
+
+/* A job as broker.status shows it: a live message or a record. */
+typedef struct BrokerJob
+{
+	int64		id;
+	const char *state;
+	int32		delivery_count;
+	TimestampTz enqueued_at;
+	TimestampTz visible_at;
+	bool		has_finished;
+	TimestampTz finished_at;
+	Datum		payload;
+	Datum		headers;
+	bool		headers_null;
+	Datum		result;
+	bool		result_null;
+} BrokerJob;
+
 /* Called with the expired messages a batch removed, per queue. */
 typedef void (*BrokerExpiredFn) (int32 queue_id, int64 n);
 
@@ -117,14 +161,24 @@ extern int	BrokerStoreCounts(int32 queue_id, TimestampTz now,
 extern void BrokerStoreDeleteClaimed(int32 queue_id, const BrokerClaimed *rows,
 									 int n);
 extern bool BrokerStoreDelete(int32 queue_id, int64 id, bool has_receipt,
-							  int64 receipt, const BrokerRowRef *where);
+							  int64 receipt, const BrokerRowRef *where,
+							  BrokerRemoved *removed);
 extern int	BrokerStoreDeleteMany(int32 queue_id, ArrayType *ids,
-								  int64 **deleted);
+								  int64 **deleted, BrokerRemoved **removed);
 extern bool BrokerStoreSetVt(int32 queue_id, int64 id, int64 receipt,
 							 TimestampTz vt, bool release, TimestampTz *vt_out);
 extern uint64 BrokerStoreExpire(int32 queue_id, TimestampTz now, int limit,
 								BrokerExpiredFn counted);
 extern uint64 BrokerStorePurge(int32 queue_id);
+
+/* records.c */
+extern int	BrokerStoreRecordTable(TimestampTz *now);
+extern void BrokerStoreRecord(int32 queue_id, const BrokerRecord *recs, int n);
+extern int	BrokerStoreJobs(int32 queue_id, ArrayType *ids, TimestampTz now,
+							bool has_since, TimestampTz since, BrokerJob **jobs);
+extern int	BrokerStoreArchive(int32 queue_id, int64 after_id, TimestampTz since,
+							   int max_rows, BrokerJob **jobs);
+extern void BrokerStoreForgetRecords(int32 queue_id);
 
 /* dedup.c */
 extern void BrokerStoreDedupLock(int32 queue_id, text **keys, int n);
