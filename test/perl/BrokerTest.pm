@@ -22,9 +22,10 @@ use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Cwd ();
 use Time::HiRes qw(usleep time);
 
-our @EXPORT = qw(broker_node poll sqlstate log_errors queue_total simulator);
+our @EXPORT = qw(broker_node poll sqlstate log_errors queue_total simulator kill9_node);
 
 # A cluster named $name with broker preloaded, started.  Options:
 # conf => [lines for postgresql.conf], init => {arguments of init},
@@ -101,6 +102,43 @@ sub simulator
 		  'host=' . $node->host . ' port=' . $node->port . ' dbname=postgres', @args ],
 		'>', \$out, '2>', \$err);
 	return ($? >> 8, $out . $err);
+}
+
+# kill -9 the postmaster, then at once every other process of the node (no
+# orphan keeps committing or holds the old shared memory), and wait until
+# all are gone: the node can be started again.
+sub kill9_node
+{
+	my ($node) = @_;
+	my $datadir = Cwd::abs_path($node->data_dir);
+	my $pids = sub {
+		my @pids;
+		opendir(my $dh, '/proc') or die "cannot read /proc: $!";
+		for my $pid (grep { /^\d+$/ } readdir $dh)
+		{
+			my $cwd = readlink("/proc/$pid/cwd");
+			push @pids, $pid if defined $cwd && $cwd eq $datadir;
+		}
+		closedir $dh;
+		return @pids;
+	};
+	my @before = $pids->();
+	$node->kill9;
+	my $deadline = time + 60;
+	while (my @left = $pids->())
+	{
+		kill 'KILL', @left;
+		die 'processes of the killed node survive: ' . join(' ', @left)
+		  if time > $deadline;
+		usleep(50_000);
+	}
+	while (my @left = grep { kill 0, $_ } @before)
+	{
+		die 'processes of the killed node not reaped: ' . join(' ', @left)
+		  if time > $deadline;
+		usleep(50_000);
+	}
+	return;
 }
 
 # --- a psql session held open on a pipe --------------------------------------
