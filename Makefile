@@ -3,7 +3,7 @@ EXTENSION   = broker
 EXTVERSION  = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big  = broker
 # One file per job, in layers that only call down (see src/broker.c).
-OBJS        = src/util.o src/catalog.o src/sql.o src/xact.o \
+OBJS        = src/util.o src/catalog.o src/sql.o src/xact.o src/acl.o \
               src/qstate.o src/stats.o src/queuedef.o \
               src/store.o src/remove.o src/groups.o src/dedup.o src/records.o \
               src/segment.o src/rotate.o \

@@ -31,7 +31,7 @@ ALTER FUNCTION broker.reap(text) SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION broker.delete(queue text, id text, receipt text DEFAULT NULL)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'broker_delete_text'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 -- broker.segments is no longer filled by the install script (a dump of it
@@ -44,7 +44,9 @@ ALTER TABLE broker.queue_defs
     ADD COLUMN dedup_window interval NOT NULL DEFAULT '5 minutes'
         CHECK (dedup_window OPERATOR(pg_catalog.>) '0'::interval),
     ADD COLUMN retention interval
-        CHECK (retention OPERATOR(pg_catalog.>) '0'::interval);
+        CHECK (retention OPERATOR(pg_catalog.>) '0'::interval),
+    ADD COLUMN max_lease interval NOT NULL DEFAULT '12 hours'
+        CHECK (max_lease OPERATOR(pg_catalog.>) '0'::interval);
 
 ALTER TABLE broker.messages_0 ADD COLUMN group_key text COLLATE pg_catalog."C",
     ADD COLUMN priority smallint NOT NULL DEFAULT 0
@@ -132,7 +134,8 @@ CREATE OR REPLACE VIEW broker.queues AS
            d.name           AS dead_letter_queue,
            q.created_at,
            q.dedup_window,
-           q.retention
+           q.retention,
+           q.max_lease
       FROM broker.queue_defs q
       LEFT JOIN broker.queue_defs d
         ON d.queue_id OPERATOR(pg_catalog.=) q.dead_letter_id
@@ -141,6 +144,29 @@ CREATE OR REPLACE VIEW broker.queues AS
 SELECT pg_catalog.pg_extension_config_dump('broker.dedup_0', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.dedup_1', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.subscription_defs', '');
+-- Privileges per queue (issue #11)
+CREATE TABLE broker.grant_defs (
+    queue_id   integer NOT NULL,
+    grantee    oid     NOT NULL,
+    privilege  text    NOT NULL
+               CHECK (privilege OPERATOR(pg_catalog.=) ANY (ARRAY['produce', 'consume', 'admin'])),
+    PRIMARY KEY (queue_id, grantee, privilege)
+);
+
+CREATE VIEW broker.grants AS
+    SELECT CASE WHEN g.queue_id OPERATOR(pg_catalog.=) 0 THEN '*' ELSE q.name END AS queue,
+           CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'public'::pg_catalog.name
+                ELSE r.rolname END AS role,
+           g.privilege
+      FROM broker.grant_defs g
+      LEFT JOIN broker.queue_defs q ON q.queue_id OPERATOR(pg_catalog.=) g.queue_id
+      LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) g.grantee
+     WHERE (g.queue_id OPERATOR(pg_catalog.=) 0 OR q.queue_id IS NOT NULL)
+       AND (g.grantee OPERATOR(pg_catalog.=) 0 OR r.oid IS NOT NULL);
+SELECT pg_catalog.pg_extension_config_dump('broker.grant_defs', '');
+REVOKE ALL ON broker.grant_defs FROM PUBLIC;
+GRANT SELECT ON broker.grants TO PUBLIC;
+
 SELECT pg_catalog.pg_extension_config_dump('broker.records_0', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.records_1', '');
 REVOKE ALL ON broker.dedup_0, broker.dedup_1, broker.subscription_defs,
@@ -192,10 +218,11 @@ CREATE FUNCTION broker.create_queue(
     dead_letter_queue text DEFAULT NULL,
     if_not_exists boolean DEFAULT false,
     dedup_window interval DEFAULT '5 minutes',
-    retention interval DEFAULT NULL)
+    retention interval DEFAULT NULL,
+    max_lease interval DEFAULT '12 hours')
 RETURNS void
 AS 'MODULE_PATHNAME', 'broker_create_queue'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 DROP FUNCTION broker.enqueue(text, jsonb, interval, interval, jsonb);
@@ -210,7 +237,7 @@ CREATE FUNCTION broker.enqueue(
     priority integer DEFAULT 0)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'broker_enqueue'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 DROP FUNCTION broker.enqueue_batch(text, jsonb[], interval, interval, jsonb);
@@ -225,7 +252,7 @@ CREATE FUNCTION broker.enqueue_batch(
     priority integer DEFAULT 0)
 RETURNS SETOF bigint
 AS 'MODULE_PATHNAME', 'broker_enqueue_batch'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 100
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100
 SET search_path = pg_catalog, pg_temp;
 
 -- metrics gains completed_total and failed_total (a new result type)
@@ -237,14 +264,14 @@ RETURNS TABLE(queue text, ready bigint, leased bigint, delayed bigint,
               dead_lettered_total bigint, completed_total bigint,
               failed_total bigint)
 AS 'MODULE_PATHNAME', 'broker_metrics'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval,
                                                integer, text, boolean, interval,
-                                               interval) FROM PUBLIC;
+                                               interval, interval) FROM PUBLIC;
 SELECT broker.upgrade_keep_acl(a.acl, CASE a.name
-           WHEN 'create_queue' THEN 'broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval, interval)'::pg_catalog.regprocedure
+           WHEN 'create_queue' THEN 'broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval, interval, interval)'::pg_catalog.regprocedure
            WHEN 'metrics' THEN 'broker.metrics(text)'::pg_catalog.regprocedure
            WHEN 'enqueue' THEN 'broker.enqueue(text, jsonb, interval, interval, jsonb, text, text, integer)'::pg_catalog.regprocedure
            WHEN 'enqueue_batch' THEN 'broker.enqueue_batch(text, jsonb[], interval, interval, jsonb, text[], text[], integer)'::pg_catalog.regprocedure
@@ -256,13 +283,13 @@ DROP TABLE pg_temp.broker_upgrade_acl;
 CREATE FUNCTION broker.subscribe(queue text, pattern text)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'broker_subscribe'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.unsubscribe(queue text, pattern text)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'broker_unsubscribe'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.publish(
@@ -276,42 +303,71 @@ CREATE FUNCTION broker.publish(
     priority integer DEFAULT 0)
 RETURNS integer
 AS 'MODULE_PATHNAME', 'broker_publish'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.complete(queue text, id bigint, receipt bigint DEFAULT NULL,
                                 result jsonb DEFAULT NULL)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'broker_complete'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.fail(queue text, id bigint, receipt bigint DEFAULT NULL,
                             error jsonb DEFAULT NULL)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'broker_fail'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.status(queue text, id bigint)
 RETURNS SETOF broker.job
 AS 'MODULE_PATHNAME', 'broker_status'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 1
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.status(queue text, ids bigint[])
 RETURNS SETOF broker.job
 AS 'MODULE_PATHNAME', 'broker_status_many'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.archive(queue text, after_id bigint DEFAULT 0,
                                max_rows integer DEFAULT 100)
 RETURNS SETOF broker.job
 AS 'MODULE_PATHNAME', 'broker_archive'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
-REVOKE EXECUTE ON FUNCTION broker.subscribe(text, text),
-                           broker.unsubscribe(text, text)
-    FROM PUBLIC;
+CREATE FUNCTION broker.grant(queue text, role name, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'broker_grant'
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION broker.revoke(queue text, role name, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'broker_revoke'
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
+
+-- The functions run as their caller and check its privileges on the queue
+-- (then run their statements as the owner): none is SECURITY DEFINER any
+-- more.  Administration checks the admin privilege per queue, so drop and
+-- purge are no longer withheld from PUBLIC at the function level.  Nobody
+-- but the owner (and superusers) has any queue privilege until granted:
+-- see docs/operations.md, "Upgrading from 0.1.0".
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace OPERATOR(pg_catalog.=) 'broker'::pg_catalog.regnamespace
+                AND p.prosecdef
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY INVOKER', f);
+    END LOOP;
+END
+$$;
+GRANT EXECUTE ON FUNCTION broker.drop_queue(text, boolean), broker.purge_queue(text) TO PUBLIC;
+ALTER FUNCTION broker.health() SET search_path = pg_catalog, pg_temp;

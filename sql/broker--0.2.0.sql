@@ -67,6 +67,9 @@ CREATE TABLE broker.queue_defs (
     -- how long the record of a message that left the queue is kept (NULL: none)
     retention         interval
                       CHECK (retention OPERATOR(pg_catalog.>) '0'::interval),
+    -- the longest lease a consumer may take or extend to
+    max_lease         interval NOT NULL DEFAULT '12 hours'
+                      CHECK (max_lease OPERATOR(pg_catalog.>) '0'::interval),
     CHECK (dead_letter_id OPERATOR(pg_catalog.<>) queue_id)
 );
 
@@ -190,6 +193,28 @@ CREATE TABLE broker.records_0 (
 );
 CREATE TABLE broker.records_1 (LIKE broker.records_0 INCLUDING ALL);
 
+-- Who may do what with a queue (acl.c): privilege produce, consume or
+-- admin, on a queue or on every queue (queue_id 0), to a role or to PUBLIC
+-- (grantee 0).
+CREATE TABLE broker.grant_defs (
+    queue_id   integer NOT NULL,
+    grantee    oid     NOT NULL,
+    privilege  text    NOT NULL
+               CHECK (privilege OPERATOR(pg_catalog.=) ANY (ARRAY['produce', 'consume', 'admin'])),
+    PRIMARY KEY (queue_id, grantee, privilege)
+);
+
+CREATE VIEW broker.grants AS
+    SELECT CASE WHEN g.queue_id OPERATOR(pg_catalog.=) 0 THEN '*' ELSE q.name END AS queue,
+           CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'public'::pg_catalog.name
+                ELSE r.rolname END AS role,
+           g.privilege
+      FROM broker.grant_defs g
+      LEFT JOIN broker.queue_defs q ON q.queue_id OPERATOR(pg_catalog.=) g.queue_id
+      LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) g.grantee
+     WHERE (g.queue_id OPERATOR(pg_catalog.=) 0 OR q.queue_id IS NOT NULL)
+       AND (g.grantee OPERATOR(pg_catalog.=) 0 OR r.oid IS NOT NULL);
+
 -- Topic subscriptions: the queue receives every message published to a
 -- topic that matches the pattern.
 CREATE TABLE broker.subscription_defs (
@@ -236,7 +261,8 @@ CREATE VIEW broker.queues AS
            d.name           AS dead_letter_queue,
            q.created_at,
            q.dedup_window,
-           q.retention
+           q.retention,
+           q.max_lease
       FROM broker.queue_defs q
       LEFT JOIN broker.queue_defs d
         ON d.queue_id OPERATOR(pg_catalog.=) q.dead_letter_id
@@ -254,19 +280,23 @@ SELECT pg_catalog.pg_extension_config_dump('broker.dedup_1', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.subscription_defs', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.records_0', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.records_1', '');
+SELECT pg_catalog.pg_extension_config_dump('broker.grant_defs', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.queue_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('broker.message_id_seq', '');
 
--- Only the broker's functions touch the tables; they run as the extension
--- owner (SECURITY DEFINER) with search_path pinned to pg_catalog, pg_temp,
--- and every name in the statements they run is schema-qualified, functions,
--- aggregates and operators included, so no search_path can redirect them.
+-- Only the broker's functions touch the tables.  They run as their caller
+-- (SECURITY INVOKER), check the caller's privileges on the queue (see
+-- broker.grant), then run their statements as the extension's owner, with
+-- search_path pinned to pg_catalog, pg_temp; every name in the statements
+-- they run is schema-qualified, functions, aggregates and operators
+-- included, so no search_path can redirect them.
 REVOKE ALL ON broker.queue_defs, broker.messages, broker.messages_0,
               broker.messages_1, broker.messages_2, broker.messages_3,
               broker.segments, broker.dedup_0, broker.dedup_1,
-              broker.subscription_defs, broker.records_0, broker.records_1
+              broker.subscription_defs, broker.records_0, broker.records_1,
+              broker.grant_defs
     FROM PUBLIC;
-GRANT SELECT ON broker.subscriptions TO PUBLIC;
+GRANT SELECT ON broker.subscriptions, broker.grants TO PUBLIC;
 REVOKE ALL ON SEQUENCE broker.queue_id_seq, broker.message_id_seq FROM PUBLIC;
 GRANT USAGE ON SCHEMA broker TO PUBLIC;
 GRANT SELECT ON broker.queues TO PUBLIC;
@@ -282,22 +312,23 @@ CREATE FUNCTION broker.create_queue(
     dead_letter_queue text DEFAULT NULL,
     if_not_exists boolean DEFAULT false,
     dedup_window interval DEFAULT '5 minutes',
-    retention interval DEFAULT NULL)
+    retention interval DEFAULT NULL,
+    max_lease interval DEFAULT '12 hours')
 RETURNS void
 AS 'MODULE_PATHNAME', 'broker_create_queue'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.drop_queue(queue text, if_exists boolean DEFAULT false)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'broker_drop_queue'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.purge_queue(queue text)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'broker_purge_queue'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 -- Producing ----------------------------------------------------------------
@@ -313,7 +344,7 @@ CREATE FUNCTION broker.enqueue(
     priority integer DEFAULT 0)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'broker_enqueue'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.enqueue_batch(
@@ -327,7 +358,7 @@ CREATE FUNCTION broker.enqueue_batch(
     priority integer DEFAULT 0)
 RETURNS SETOF bigint
 AS 'MODULE_PATHNAME', 'broker_enqueue_batch'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 100
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100
 SET search_path = pg_catalog, pg_temp;
 
 -- Topics: a queue subscribes to topic patterns; publish puts one copy of a
@@ -335,13 +366,13 @@ SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION broker.subscribe(queue text, pattern text)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'broker_subscribe'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.unsubscribe(queue text, pattern text)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'broker_unsubscribe'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.publish(
@@ -355,7 +386,7 @@ CREATE FUNCTION broker.publish(
     priority integer DEFAULT 0)
 RETURNS integer
 AS 'MODULE_PATHNAME', 'broker_publish'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 -- Consuming ----------------------------------------------------------------
@@ -367,13 +398,13 @@ CREATE FUNCTION broker.dequeue(
     wait interval DEFAULT '0')
 RETURNS SETOF broker.message
 AS 'MODULE_PATHNAME', 'broker_dequeue'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 1
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.delete(queue text, id bigint, receipt bigint DEFAULT NULL)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'broker_delete'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 -- The same, for calls whose arguments are untyped parameters or literals
@@ -383,27 +414,27 @@ SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION broker.delete(queue text, id text, receipt text DEFAULT NULL)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'broker_delete_text'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.delete(queue text, ids bigint[])
 RETURNS SETOF bigint
 AS 'MODULE_PATHNAME', 'broker_delete_many'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 10
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 10
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.release(queue text, id bigint, receipt bigint,
                                delay interval DEFAULT '0')
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'broker_release'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.extend_lease(queue text, id bigint, receipt bigint,
                                     lease interval)
 RETURNS timestamptz
 AS 'MODULE_PATHNAME', 'broker_extend_lease'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 -- Jobs: outcomes and lookups -----------------------------------------------
@@ -412,33 +443,33 @@ CREATE FUNCTION broker.complete(queue text, id bigint, receipt bigint DEFAULT NU
                                 result jsonb DEFAULT NULL)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'broker_complete'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.fail(queue text, id bigint, receipt bigint DEFAULT NULL,
                             error jsonb DEFAULT NULL)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'broker_fail'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.status(queue text, id bigint)
 RETURNS SETOF broker.job
 AS 'MODULE_PATHNAME', 'broker_status'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER ROWS 1
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.status(queue text, ids bigint[])
 RETURNS SETOF broker.job
 AS 'MODULE_PATHNAME', 'broker_status_many'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.archive(queue text, after_id bigint DEFAULT 0,
                                max_rows integer DEFAULT 100)
 RETURNS SETOF broker.job
 AS 'MODULE_PATHNAME', 'broker_archive'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 -- Observing ----------------------------------------------------------------
@@ -450,21 +481,21 @@ RETURNS TABLE(queue text, ready bigint, leased bigint, delayed bigint,
               dead_lettered_total bigint, completed_total bigint,
               failed_total bigint)
 AS 'MODULE_PATHNAME', 'broker_metrics'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker.waiters(queue text DEFAULT NULL)
 RETURNS TABLE(queue text, waiting integer, wakeups bigint, empty_wakeups bigint,
               low_water_mark bigint, next_due timestamptz)
 AS 'MODULE_PATHNAME', 'broker_waiters'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION broker._consumers()
 RETURNS TABLE(consumer text, queue_id integer, delivered bigint, deleted bigint,
               last_seen timestamptz)
 AS 'MODULE_PATHNAME', 'broker_consumers'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 -- Per-consumer history since server start (shared memory, bounded by
@@ -483,17 +514,28 @@ CREATE FUNCTION broker.maintain_segments()
 RETURNS TABLE(segment integer, current boolean, first_id bigint, drained boolean,
               bytes bigint)
 AS 'MODULE_PATHNAME', 'broker_maintain_segments'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
--- Administration is not for everyone: the owner grants it.
+-- Privileges per queue: produce, consume or admin, on a queue or on '*'
+-- (every queue, present and future), to a role or to 'public'.
+CREATE FUNCTION broker.grant(queue text, role name, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'broker_grant'
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION broker.revoke(queue text, role name, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'broker_revoke'
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
+
+-- Creating queues and maintaining the store are for whom the owner grants
+-- them; everything else checks the caller's privileges on the queue.
 REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval,
                                                integer, text, boolean, interval,
-                                               interval),
-                           broker.subscribe(text, text),
-                           broker.unsubscribe(text, text),
-                           broker.drop_queue(text, boolean),
-                           broker.purge_queue(text),
+                                               interval, interval),
                            broker.maintain_segments()
     FROM PUBLIC;
 
@@ -505,7 +547,7 @@ REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval
 CREATE FUNCTION broker.reap(queue text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'broker_reap'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE C VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 -- One row per running reaper (every database), or one row with NULL worker
@@ -517,4 +559,5 @@ RETURNS TABLE(database name, pid integer, state text,
               removed_total bigint, library_version text,
               extension_version text, preloaded boolean)
 AS 'MODULE_PATHNAME', 'broker_health'
-LANGUAGE C VOLATILE PARALLEL UNSAFE;
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;

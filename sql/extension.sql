@@ -17,8 +17,14 @@ SELECT broker.enqueue('ext_q', '{"after": "create"}') > 0 AS enqueued;
 SELECT payload, delivery_count FROM broker.dequeue('ext_q');
 SELECT enqueued_total FROM broker.metrics('ext_q');
 
--- an ordinary role: produce, consume and look, but not administer
+-- an ordinary role: nothing until granted; then produce, consume and look,
+-- but not administer
 CREATE ROLE broker_app LOGIN;
+GRANT USAGE ON SCHEMA regress TO broker_app;
+SET ROLE broker_app;
+SELECT regress.err($$SELECT broker.enqueue('ext_q', '{"by": "app"}')$$);
+RESET ROLE;
+SELECT broker.grant('ext_q', 'broker_app', 'produce'), broker.grant('ext_q', 'broker_app', 'consume');
 SET ROLE broker_app;
 SELECT broker.enqueue('ext_q', '{"by": "app"}') > 0 AS enqueued;
 SELECT payload FROM broker.dequeue('ext_q');
@@ -27,13 +33,17 @@ SELECT count(*) FROM broker.messages;
 SELECT broker.create_queue('app_q');
 SELECT broker.purge_queue('ext_q');
 RESET ROLE;
-GRANT EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval, interval) TO broker_app;
+GRANT EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval, interval, interval) TO broker_app;
 SET ROLE broker_app;
+-- whoever creates a queue administers it
 SELECT broker.create_queue('app_q');
-RESET ROLE;
+SELECT queue, role, privilege FROM broker.grants WHERE queue = 'app_q';
+SELECT broker.purge_queue('app_q');
 SELECT broker.drop_queue('app_q');
+RESET ROLE;
 SELECT broker.drop_queue('ext_q');
-REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval, interval) FROM broker_app;
+REVOKE EXECUTE ON FUNCTION broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval, interval, interval) FROM broker_app;
+REVOKE USAGE ON SCHEMA regress FROM broker_app;
 DROP ROLE broker_app;
 
 -- an installation of an older version is refused by this library until it
@@ -61,7 +71,7 @@ SELECT extversion FROM pg_extension WHERE extname = 'broker';
 SELECT r.rolname, f.fn, has_function_privilege(r.rolname, f.fn, 'EXECUTE') AS can,
        has_function_privilege(r.rolname, f.fn, 'EXECUTE WITH GRANT OPTION') AS can_grant
   FROM (VALUES ('broker_old_admin'), ('broker_old_producer'), ('public')) r(rolname)
-  CROSS JOIN (VALUES ('broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval, interval)'),
+  CROSS JOIN (VALUES ('broker.create_queue(text, interval, integer, interval, integer, text, boolean, interval, interval, interval)'),
                      ('broker.enqueue(text, jsonb, interval, interval, jsonb, text, text, integer)'),
                      ('broker.enqueue_batch(text, jsonb[], interval, interval, jsonb, text[], text[], integer)'),
                      ('broker.metrics(text)')) f(fn)
@@ -72,11 +82,11 @@ DROP OWNED BY broker_old_admin, broker_old_producer;
 DROP ROLE broker_old_admin, broker_old_producer;
 SELECT payload FROM broker.dequeue('old_q');
 SELECT broker.enqueue('old_q', '{"after": "update"}') > 1 AS new_id;
-SELECT count(*) AS pinned FROM pg_proc p
- WHERE p.pronamespace = 'broker'::regnamespace AND p.prosecdef
-   AND p.proconfig = '{"search_path=pg_catalog, pg_temp"}';
-SELECT count(*) AS unpinned FROM pg_proc p
- WHERE p.pronamespace = 'broker'::regnamespace AND p.prosecdef
-   AND p.proconfig IS DISTINCT FROM '{"search_path=pg_catalog, pg_temp"}';
+SELECT count(*) AS security_definer FROM pg_proc p
+ WHERE p.pronamespace = 'broker'::regnamespace AND p.prosecdef;
+SELECT p.proname FROM pg_proc p
+ WHERE p.pronamespace = 'broker'::regnamespace
+   AND p.proconfig IS DISTINCT FROM '{"search_path=pg_catalog, pg_temp"}'
+ ORDER BY 1;
 DROP EXTENSION broker;
 CREATE EXTENSION broker;

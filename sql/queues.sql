@@ -100,7 +100,7 @@ SELECT queue FROM broker.queues WHERE queue = 'orders';
 -- dequeue or enqueue of it fail with 22008)
 SELECT regress.err($$SELECT broker.create_queue('long1', lease => '178000000 years')$$);
 SELECT regress.err($$SELECT broker.create_queue('long2', default_ttl => '178000000 years')$$);
-SELECT broker.create_queue('long3', lease => '9999 years', default_ttl => '9999 years');
+SELECT broker.create_queue('long3', lease => '9999 years', default_ttl => '9999 years', max_lease => '9999 years');
 SELECT broker.enqueue('long3', '{}') > 0 AS enqueued;
 SELECT count(*) FROM broker.dequeue('long3');
 SELECT regress.err($$SELECT broker.enqueue('long3', '{}', delay => '20000 years')$$);

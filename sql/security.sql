@@ -5,18 +5,25 @@ CREATE EXTENSION IF NOT EXISTS broker;
 
 SELECT broker.create_queue('sec_q');
 
--- every SECURITY DEFINER function pins its search_path
+-- no function is SECURITY DEFINER (they check the caller's privileges per
+-- queue and run their statements as the owner); the ones that run
+-- statements pin their search_path
+SELECT count(*) AS security_definer FROM pg_proc p
+ WHERE p.pronamespace = 'broker'::regnamespace AND p.prosecdef;
 SELECT p.proname, p.proconfig
   FROM pg_proc p
- WHERE p.pronamespace = 'broker'::regnamespace AND p.prosecdef
+ WHERE p.pronamespace = 'broker'::regnamespace
    AND p.proconfig IS DISTINCT FROM '{"search_path=pg_catalog, pg_temp"}'
  ORDER BY 1;
 
--- an unprivileged role that may run maintain_segments() and puts its own
--- count(*), nextval and = first in search_path: none of them ever runs
--- (maintain_segments ran an unqualified count(*) as the extension's owner:
--- a superuser, so the role became one)
+-- a role that may produce and consume on a queue and puts its own
+-- count(*), nextval and = first in search_path: none of them ever runs,
+-- neither in its calls nor in a superuser's maintenance run with that
+-- search_path (maintain_segments once ran an unqualified count(*) as the
+-- extension's owner: a superuser, so the role became one)
 CREATE ROLE sec_evil LOGIN;
+SELECT broker.grant('sec_q', 'sec_evil', 'produce'), broker.grant('sec_q', 'sec_evil', 'consume');
+GRANT USAGE ON SCHEMA regress TO sec_evil;
 CREATE SCHEMA sec_evil AUTHORIZATION sec_evil;
 CREATE TABLE public.sec_stolen (who text, super boolean);
 GRANT INSERT ON public.sec_stolen TO PUBLIC;
@@ -40,12 +47,16 @@ CREATE FUNCTION sec_evil.eq(int, int) RETURNS boolean LANGUAGE sql AS $$
 $$;
 CREATE OPERATOR sec_evil.= (leftarg = int, rightarg = int, function = sec_evil.eq);
 SET search_path = sec_evil, pg_catalog;
-SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 4 AS segments FROM broker.maintain_segments();
+-- EXECUTE on maintain_segments is not enough: it is the owner's
+SELECT regress.err('SELECT pg_catalog.count(*) FROM broker.maintain_segments()');
 SELECT broker.enqueue('sec_q', '{"n": 1}') OPERATOR(pg_catalog.>) 0 AS enqueued;
 SELECT pg_catalog.count(*) FROM broker.dequeue('sec_q', 1);
 SELECT pg_catalog.count(*) FROM broker.metrics('sec_q');
 RESET search_path;
 RESET ROLE;
+SET search_path = sec_evil, pg_catalog;
+SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 4 AS segments FROM broker.maintain_segments();
+RESET search_path;
 SELECT count(*) AS attacker_code_ran FROM public.sec_stolen;
 
 -- a schema "broker" that another role created first is refused
@@ -136,6 +147,7 @@ DEALLOCATE ALL;
 
 SELECT broker.drop_queue('sec_q');
 REVOKE EXECUTE ON FUNCTION broker.maintain_segments() FROM sec_evil;
+REVOKE USAGE ON SCHEMA regress FROM sec_evil;
 DROP SCHEMA sec_evil CASCADE;
 DROP TABLE public.sec_stolen;
 DROP ROLE sec_evil;

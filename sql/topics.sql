@@ -107,14 +107,27 @@ SELECT count(broker.subscribe('t_none', 'bulk.' || g || '.#')) FROM generate_ser
 SELECT broker.publish('bulk.1999.x', '{"n": 17}');
 SELECT broker.publish('bulk.2001.x', '{"n": 18}');
 
--- privileges: subscribe and unsubscribe are for the owner to grant
+-- privileges: subscribe and unsubscribe need admin on the queue
 CREATE ROLE broker_topic_user;
 GRANT USAGE ON SCHEMA regress TO broker_topic_user;
 SET ROLE broker_topic_user;
 SELECT regress.err($$SELECT broker.subscribe('t_all', 'x')$$);
-SELECT broker.publish('x', '{"n": 19}');
+-- publish needs produce on every queue it reaches, or is refused as a whole
+SELECT regress.err($$SELECT broker.publish('sized', '{"n": 19}')$$);
+RESET ROLE;
+SELECT broker.grant('t_star', 'broker_topic_user', 'produce');
+SET ROLE broker_topic_user;
+-- it reaches t_star and t_small: produce on one is not enough
+SELECT regress.err($$SELECT broker.publish('sized', '{"n": 19}')$$);
+RESET ROLE;
+SELECT broker.grant('*', 'broker_topic_user', 'produce');
+SET ROLE broker_topic_user;
+SELECT broker.publish('sized', '{"n": 19}');
 SELECT queue, pattern FROM broker.subscriptions WHERE queue = 't_star' ORDER BY pattern;
 RESET ROLE;
+SELECT broker.revoke('*', 'broker_topic_user', 'produce');
+SELECT broker.revoke('t_star', 'broker_topic_user', 'produce');
+SELECT count(*) AS copies_of_19 FROM broker.messages WHERE payload->>'n' = '19';
 REVOKE USAGE ON SCHEMA regress FROM broker_topic_user;
 DROP ROLE broker_topic_user;
 

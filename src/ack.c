@@ -17,6 +17,7 @@
  */
 #include "postgres.h"
 
+#include "acl.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -51,6 +52,7 @@ ack_queue(FunctionCallInfo fcinfo, BrokerQueue *q)
 	BrokerRequireWritable("acknowledge a message");
 	BrokerSPIConnect();
 	BrokerLookupQueue(name, false, q);
+	BrokerCheckQueue(q, BROKER_PRIV_CONSUME);
 }
 
 /*
@@ -337,6 +339,7 @@ broker_extend_lease(PG_FUNCTION_ARGS)
 				 errmsg("lease must be positive")));
 	BrokerCheckIntervalMax(lease, "lease");
 	ack_queue(fcinfo, &q);
+	BrokerCheckLease(lease, &q.max_lease, q.name);
 	done = set_vt(&q, PG_GETARG_INT64(1), PG_GETARG_INT64(2),
 				  BrokerTimestampPlus(GetCurrentTimestamp(), lease), false, &vt);
 	/* A shortened lease may run out before anything else a waiter knows. */

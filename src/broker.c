@@ -34,6 +34,7 @@
 #include "inflight.h"
 #include "lease.h"
 #include "qstate.h"
+#include "sql.h"
 #include "stats.h"
 #include "store.h"
 #include "util.h"
@@ -100,6 +101,7 @@ _PG_init(void)
 	MarkGUCPrefixReserved("broker");
 
 	/* Bottom layer first: the order in which they act at commit. */
+	BrokerXactRegister(&BrokerSQLXact);
 	BrokerXactRegister(&BrokerQueueStateXact);
 	BrokerXactRegister(&BrokerSegmentXact);
 	BrokerXactRegister(&BrokerInflightXact);

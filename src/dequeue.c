@@ -20,6 +20,7 @@
  */
 #include "postgres.h"
 
+#include "acl.h"
 #include "common/pg_prng.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -214,10 +215,12 @@ broker_dequeue(PG_FUNCTION_ARGS)
 
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessShareLock, &q);
+	BrokerCheckQueue(&q, BROKER_PRIV_CONSUME);
 	state = BrokerQueueStateGet(q.queue_id, true);
 	discover_priorities(q.queue_id, state);
 	if (lease == NULL)
 		lease = &q.lease;
+	BrokerCheckLease(lease, &q.max_lease, q.name);
 	if (waiting)
 	{
 		deadline = BrokerTimestampPlus(GetCurrentTimestamp(), wait);

@@ -12,6 +12,7 @@
  */
 #include "postgres.h"
 
+#include "acl.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -109,6 +110,7 @@ broker_enqueue(PG_FUNCTION_ARGS)
 
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessShareLock, &q);
+	BrokerCheckQueue(&q, BROKER_PRIV_PRODUCE);
 	BrokerCheckMessageSize(&q, m.payload, m.headers, 0);
 	compute_times(fcinfo, &q, &t);
 	m.now = t.now;
@@ -306,6 +308,7 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessShareLock, &q);
+	BrokerCheckQueue(&q, BROKER_PRIV_PRODUCE);
 	if (n == 0)
 	{
 		BrokerSPIFinish();

@@ -13,6 +13,7 @@
  */
 #include "postgres.h"
 
+#include "acl.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/timestamp.h"
@@ -64,8 +65,11 @@ broker_reap(PG_FUNCTION_ARGS)
 
 		/* 42602 for a malformed name, 42704 for a missing queue. */
 		BrokerLookupQueue(PG_GETARG_TEXT_PP(0), false, &q);
+		BrokerCheckQueue(&q, BROKER_PRIV_ADMIN);
 		queue_id = q.queue_id;
 	}
+	else
+		BrokerRequireOwner("reap every queue");
 	for (;;)
 	{
 		uint64		n;

@@ -12,10 +12,13 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "catalog/indexing.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
@@ -67,6 +70,8 @@ broker_health(PG_FUNCTION_ARGS)
 	Datum		values[9];
 	bool		nulls[9];
 
+	bool		see_all = has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS);
+
 	InitMaterializedSRF(fcinfo, 0);
 
 	/* Copy the slots first: no catalog access under the LWLock. */
@@ -86,6 +91,12 @@ broker_health(PG_FUNCTION_ARGS)
 		values[8] = BoolGetDatum(BrokerWorkersReady());
 		nulls[8] = false;
 
+		/*
+		 * Other databases' workers, as pg_stat_activity shows other
+		 * sessions: to superusers and members of pg_read_all_stats only.
+		 */
+		if (i < ncopy && copy[i].dboid != MyDatabaseId && !see_all)
+			continue;
 		if (i < ncopy)
 		{
 			BrokerReaperSlot *s = &copy[i];

@@ -13,6 +13,7 @@
  */
 #include "postgres.h"
 
+#include "acl.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -86,6 +87,7 @@ status_of(FunctionCallInfo fcinfo, ArrayType *ids)
 	InitMaterializedSRF(fcinfo, 0);
 	BrokerSPIConnect();
 	BrokerLookupQueue(name, false, &q);
+	BrokerCheckQueue(&q, BROKER_PRIV_CONSUME);
 	keeps = retention_since(&q, now, &since);
 	n = BrokerStoreJobs(q.queue_id, ids, now, keeps, since, &jobs);
 	put_jobs(rsinfo, jobs, n);
@@ -141,6 +143,7 @@ broker_archive(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	BrokerSPIConnect();
 	BrokerLookupQueue(name, false, &q);
+	BrokerCheckQueue(&q, BROKER_PRIV_CONSUME);
 	if (retention_since(&q, now, &since))
 	{
 		BrokerJob  *jobs;

@@ -8,6 +8,7 @@
  */
 #include "postgres.h"
 
+#include "acl.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -42,6 +43,11 @@ queue_of_arg(FunctionCallInfo fcinfo)
 	if (PG_ARGISNULL(0))
 		return 0;
 	BrokerLookupQueue(BrokerQueueArg(fcinfo, 0), false, &q);
+	if (!BrokerMaySeeQueue(q.queue_id))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for queue \"%s\"", q.name),
+				 errdetail("Its figures are shown to roles with a privilege on it and to members of pg_read_all_stats.")));
 	return q.queue_id;
 }
 
@@ -60,9 +66,14 @@ broker_metrics(PG_FUNCTION_ARGS)
 	for (int i = 0; i < n; i++)
 	{
 		BrokerQueueCounts *c = &counts[i];
-		BrokerQueueState *state = shmem ? BrokerQueueStateGet(c->queue_id, false) : NULL;
+		BrokerQueueState *state;
 		Datum		out[12];
 		bool		outnull[12];
+
+		/* queues the caller has no privilege on are not shown */
+		if (!BrokerMaySeeQueue(c->queue_id))
+			continue;
+		state = shmem ? BrokerQueueStateGet(c->queue_id, false) : NULL;
 
 		memset(outnull, false, sizeof(outnull));
 		out[0] = CStringGetTextDatum(c->name);
@@ -98,6 +109,9 @@ broker_waiters(PG_FUNCTION_ARGS)
 	Datum		values[1];
 	char		nulls[1];
 	int			rc;
+	uint64		n;
+	int32	   *ids;
+	Datum	   *names;
 
 	BrokerRequireSharedMemory();
 	InitMaterializedSRF(fcinfo, 0);
@@ -106,17 +120,29 @@ broker_waiters(PG_FUNCTION_ARGS)
 	nulls[0] = DatumGetInt32(values[0]) > 0 ? ' ' : 'n';
 	rc = BrokerStmtExecute(&queue_list, -1, values, nulls, 0);
 	BrokerStmtCheck(rc, SPI_OK_SELECT, "listing queues");
-	for (uint64 i = 0; i < SPI_processed; i++)
+	/* copied out: the privilege checks below may run statements */
+	n = SPI_processed;
+	ids = palloc(sizeof(int32) * Max(n, 1));
+	names = palloc(sizeof(Datum) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
 		bool		isnull;
-		int32		queue_id = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc,
-														   1, &isnull));
-		BrokerQueueState *state = BrokerQueueStateGet(queue_id, false);
+
+		ids[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+		names[i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
+	}
+	for (uint64 i = 0; i < n; i++)
+	{
+		int32		queue_id = ids[i];
+		BrokerQueueState *state;
 		Datum		out[6];
 		bool		outnull[6] = {false, false, false, false, false, false};
 
-		out[0] = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
+		if (!BrokerMaySeeQueue(queue_id))
+			continue;
+		state = BrokerQueueStateGet(queue_id, false);
+		out[0] = names[i];
 		out[1] = Int32GetDatum(state ? (int32) pg_atomic_read_u32(&state->waiters) : 0);
 		out[2] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->wakeups) : 0);
 		out[3] = Int64GetDatum(state ? (int64) pg_atomic_read_u64(&state->empty_wakeups) : 0);

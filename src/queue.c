@@ -7,6 +7,7 @@
  */
 #include "postgres.h"
 
+#include "acl.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "storage/lmgr.h"
@@ -27,12 +28,12 @@
 static BrokerStmt insert_queue = {
 	"INSERT INTO broker.queue_defs AS q (queue_id, name, lease,"
 	"       max_message_size, default_ttl, max_deliveries, dead_letter_id,"
-	"       dedup_window, retention)"
+	"       dedup_window, retention, max_lease)"
 	" VALUES (pg_catalog.nextval('broker.queue_id_seq'::pg_catalog.regclass),"
-	"         $1, $2, $3, $4, $5, $6, $7, $8)"
+	"         $1, $2, $3, $4, $5, $6, $7, $8, $9)"
 	" ON CONFLICT (name) DO NOTHING RETURNING q.queue_id",
-	8, {TEXTOID, INTERVALOID, INT4OID, INTERVALOID, INT4OID, INT4OID, INTERVALOID,
-	INTERVALOID}, 0, {NULL}
+	9, {TEXTOID, INTERVALOID, INT4OID, INTERVALOID, INT4OID, INT4OID, INTERVALOID,
+	INTERVALOID, INTERVALOID}, 0, {NULL}
 };
 
 /* The queues that use $1 as their dead-letter queue. */
@@ -85,7 +86,7 @@ check_queue_settings(Interval *lease, int32 max_message_size,
 /*
  * broker.create_queue(queue, lease, max_message_size, default_ttl,
  *					   max_deliveries, dead_letter_queue, if_not_exists,
- *					   dedup_window, retention)
+ *					   dedup_window, retention, max_lease)
  */
 Datum
 broker_create_queue(PG_FUNCTION_ARGS)
@@ -97,8 +98,9 @@ broker_create_queue(PG_FUNCTION_ARGS)
 	bool		if_not_exists;
 	Interval   *dedup_window;
 	Interval   *retention = NULL;
-	Datum		values[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Interval   *max_lease;
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	int			rc;
 
 	BrokerRequireArg(fcinfo, 1, "lease");
@@ -134,9 +136,30 @@ broker_create_queue(PG_FUNCTION_ARGS)
 					 errhint("Use NULL to keep no records.")));
 		BrokerCheckIntervalMax(retention, "retention");
 	}
+	if (PG_NARGS() > 9)
+	{
+		BrokerRequireArg(fcinfo, 9, "max_lease");
+		max_lease = PG_GETARG_INTERVAL_P(9);
+	}
+	else
+	{
+		max_lease = palloc0(sizeof(Interval));
+		max_lease->time = 12 * USECS_PER_HOUR;
+	}
+	if (!BrokerIntervalIsPositive(max_lease))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_lease must be positive")));
+	BrokerCheckIntervalMax(max_lease, "max_lease");
 
 	check_queue_settings(lease, max_message_size, default_ttl,
 						 !PG_ARGISNULL(4), PG_ARGISNULL(4) ? 0 : PG_GETARG_INT32(4));
+	if (BrokerIntervalCompare(lease, max_lease) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("lease must not be longer than max_lease"),
+				 errdetail("The queue's default lease would be refused by its own maximum."),
+				 errhint("Pass a longer max_lease, or a shorter lease.")));
 
 	BrokerSPIConnect();
 
@@ -152,6 +175,7 @@ broker_create_queue(PG_FUNCTION_ARGS)
 	values[6] = IntervalPGetDatum(dedup_window);
 	values[7] = retention ? IntervalPGetDatum(retention) : (Datum) 0;
 	nulls[7] = retention ? ' ' : 'n';
+	values[8] = IntervalPGetDatum(max_lease);
 
 	if (!PG_ARGISNULL(5))
 	{
@@ -173,6 +197,8 @@ broker_create_queue(PG_FUNCTION_ARGS)
 					 errhint("Create the dead-letter queue first.")));
 		/* Keep the dead-letter queue from being dropped under us. */
 		BrokerLockQueue(dlq_name, AccessShareLock, &dlq);
+		/* messages will be produced into it */
+		BrokerCheckQueue(&dlq, BROKER_PRIV_PRODUCE);
 		values[5] = Int32GetDatum(dlq.queue_id);
 		nulls[5] = ' ';
 	}
@@ -190,6 +216,15 @@ broker_create_queue(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("queue \"%s\" already exists, skipping",
 						text_to_cstring(name))));
+	}
+	else
+	{
+		bool		isnull;
+
+		/* its creator administers it (unless the owner, who has all) */
+		BrokerGrantCreator(DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+													   SPI_tuptable->tupdesc,
+													   1, &isnull)));
 	}
 
 	BrokerSPIFinish();
@@ -222,6 +257,7 @@ broker_drop_queue(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(false);
 	}
 	BrokerLockQueue(name, AccessExclusiveLock, &q);
+	BrokerCheckQueue(&q, BROKER_PRIV_ADMIN);
 
 	values[0] = Int32GetDatum(q.queue_id);
 	rc = BrokerStmtExecute(&dead_letter_users, -1, values, NULL, 1);
@@ -239,6 +275,7 @@ broker_drop_queue(PG_FUNCTION_ARGS)
 	BrokerStoreForgetKeys(q.queue_id);
 	BrokerStoreForgetRecords(q.queue_id);
 	BrokerTopicsForgetQueue(q.queue_id);
+	BrokerForgetGrants(q.queue_id);
 	rc = BrokerStmtExecute(&delete_queue, -1, values, NULL, 0);
 	BrokerStmtCheck(rc, SPI_OK_DELETE, "dropping the queue");
 
@@ -263,6 +300,7 @@ broker_purge_queue(PG_FUNCTION_ARGS)
 	BrokerRequireWritable("purge a queue");
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessExclusiveLock, &q);
+	BrokerCheckQueue(&q, BROKER_PRIV_ADMIN);
 	n = BrokerStorePurge(q.queue_id);
 	BrokerStoreForgetRecords(q.queue_id);
 	BrokerNoteDeleted();

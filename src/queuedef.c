@@ -34,7 +34,8 @@
 #define OP(x) "OPERATOR(pg_catalog." x ")"
 #define QUEUE_COLUMNS \
 	"SELECT q.queue_id, q.name, q.lease, q.max_message_size, q.default_ttl," \
-	"       q.max_deliveries, q.dead_letter_id, q.dedup_window, q.retention" \
+	"       q.max_deliveries, q.dead_letter_id, q.dedup_window, q.retention," \
+	"       q.max_lease" \
 	"  FROM broker.queue_defs q"
 
 static BrokerStmt queue_by_name = {
@@ -117,6 +118,7 @@ queue_from_tuple(HeapTuple tup, TupleDesc desc, BrokerQueue *q)
 	q->has_retention = !isnull;
 	if (!isnull)
 		q->retention = *DatumGetIntervalP(d);
+	q->max_lease = *DatumGetIntervalP(SPI_getbinval(tup, desc, 10, &isnull));
 }
 
 /* Raise the standard "queue does not exist" error (42704). */

@@ -30,6 +30,7 @@ typedef struct BrokerQueue
 	Interval	dedup_window;
 	bool		has_retention;	/* keep a record of each message that leaves */
 	Interval	retention;
+	Interval	max_lease;		/* the longest lease dequeue or extend_lease give */
 } BrokerQueue;
 
 extern bool BrokerLookupQueue(text *name, bool missing_ok, BrokerQueue *out);

@@ -31,6 +31,7 @@
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
+#include "acl.h"
 #include "catalog.h"
 #include "segment.h"
 #include "sql.h"
@@ -455,6 +456,7 @@ broker_maintain_segments(PG_FUNCTION_ARGS)
 				 errdetail("It checks that a segment is empty with a new snapshot; an older one could miss a message committed since.")));
 	InitMaterializedSRF(fcinfo, 0);
 	BrokerSPIConnect();
+	BrokerRequireOwner("maintain the message store");
 	BrokerStoreMaintain();
 	st = BrokerSegmentState();
 	BrokerSegmentView(st, &cur, &drained, first);

@@ -17,24 +17,64 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "lib/stringinfo.h"
+#include "miscadmin.h"
 #include "optimizer/cost.h"
 #include "utils/snapmgr.h"
 
 #include "catalog.h"
 #include "sql.h"
 
-/* Connect to SPI, failing loudly. */
+/*
+ * The functions are SECURITY INVOKER: the caller's privileges are checked
+ * per queue (acl.c) with the role that called, and the statements then run
+ * as the owner of the extension's tables, switched to here for as long as
+ * the SPI connection lasts (as PostgreSQL runs foreign-key checks as the
+ * table owner).  SECURITY_LOCAL_USERID_CHANGE keeps SET ROLE out meanwhile.
+ * An error unwinds the switch with the (sub)transaction; the stack below is
+ * trimmed to match.
+ */
+#define MAX_SWITCHES	16
+
+typedef struct UserSwitch
+{
+	Oid			user;			/* the caller: restored at the end */
+	int			sec;
+	SubTransactionId subid;
+} UserSwitch;
+
+static UserSwitch switches[MAX_SWITCHES];
+static int	nswitches = 0;
+
+/* The role that called the broker function running now. */
+Oid
+BrokerInvoker(void)
+{
+	return nswitches > 0 ? switches[nswitches - 1].user : GetUserId();
+}
+
+/* Connect to SPI, failing loudly, and run as the tables' owner. */
 void
 BrokerSPIConnect(void)
 {
 	int			rc = SPI_connect();
+	const BrokerRels *rels;
+	UserSwitch *sw;
 
 	if (rc != SPI_OK_CONNECT)
 		elog(ERROR, "broker: SPI_connect failed: %s", SPI_result_code_string(rc));
+	if (nswitches >= MAX_SWITCHES)
+		elog(ERROR, "broker: functions nested too deeply");
+	rels = BrokerGetRels();
+	BrokerXactTrack();
+	sw = &switches[nswitches++];
+	GetUserIdAndSecContext(&sw->user, &sw->sec);
+	sw->subid = GetCurrentSubTransactionId();
+	SetUserIdAndSecContext(rels->owner, sw->sec | SECURITY_LOCAL_USERID_CHANGE);
 }
 
-/* Disconnect from SPI, failing loudly. */
+/* Disconnect from SPI, failing loudly, and be the caller again. */
 void
 BrokerSPIFinish(void)
 {
@@ -42,7 +82,37 @@ BrokerSPIFinish(void)
 
 	if (rc != SPI_OK_FINISH)
 		elog(ERROR, "broker: SPI_finish failed: %s", SPI_result_code_string(rc));
+	if (nswitches > 0)
+	{
+		nswitches--;
+		SetUserIdAndSecContext(switches[nswitches].user, switches[nswitches].sec);
+	}
 }
+
+/* The transaction ended: PostgreSQL restored the user; so do we. */
+static void
+sql_xact_end(BrokerXactEnd how)
+{
+	(void) how;
+	nswitches = 0;
+}
+
+/* A subtransaction aborted: drop the switches made inside it. */
+static void
+sql_subxact_end(SubTransactionId mySubid, SubTransactionId parentSubid,
+				bool committed)
+{
+	(void) parentSubid;
+	if (committed)
+		return;
+	while (nswitches > 0 && switches[nswitches - 1].subid >= mySubid)
+		nswitches--;
+}
+
+const BrokerXactHandler BrokerSQLXact = {
+	.end = sql_xact_end,
+	.subxact_end = sql_subxact_end,
+};
 
 /*
  * The text of a statement's variant: every "%d" in it replaced by the

@@ -13,6 +13,8 @@
 
 #include "executor/spi.h"
 
+#include "xact.h"
+
 #define BROKER_STMT_MAXARGS		10
 #define BROKER_STMT_VARIANTS	8
 
@@ -36,6 +38,8 @@ typedef struct BrokerStmt
 } BrokerStmt;
 
 extern void BrokerSPIConnect(void);
+extern Oid	BrokerInvoker(void);
+extern const BrokerXactHandler BrokerSQLXact;
 extern void BrokerSPIFinish(void);
 extern int	BrokerStmtExecute(BrokerStmt *stmt, int variant, Datum *values,
 							  const char *nulls, long count);

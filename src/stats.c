@@ -20,12 +20,14 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_authid.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
@@ -43,6 +45,7 @@ typedef struct ConsumerKey
 	Oid			dbid;
 	Oid			installation;	/* BrokerRels.extension */
 	int32		queue_id;
+	Oid			role;			/* the role that consumed (who may see it) */
 	char		name[NAMEDATALEN];
 } ConsumerKey;
 
@@ -180,6 +183,7 @@ BrokerConsumerCount(Oid installation, int32 queue_id, int64 delivered,
 	key.dbid = MyDatabaseId;
 	key.installation = installation;
 	key.queue_id = queue_id;
+	key.role = GetUserId();
 	/* at most NAMEDATALEN - 1 bytes, cut on a character boundary */
 	memcpy(key.name, name, pg_mbcliplen(name, strlen(name), NAMEDATALEN - 1));
 
@@ -262,11 +266,15 @@ broker_consumers(PG_FUNCTION_ARGS)
 	bool		any_evicted;
 	uint64		evicted_delivered;
 	uint64		evicted_deleted;
+	Oid			viewer;
+	bool		see_all;
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (consumer_hash == NULL)
 		return (Datum) 0;
 	installation = BrokerGetRels()->extension;
+	viewer = GetUserId();
+	see_all = has_privs_of_role(viewer, ROLE_PG_READ_ALL_STATS);
 
 	LWLockAcquire(consumer_shared->lock, LW_SHARED);
 	hash_seq_init(&seq, consumer_hash);
@@ -276,6 +284,9 @@ broker_consumers(PG_FUNCTION_ARGS)
 		bool		nulls[5] = {false, false, false, false, false};
 
 		if (e->key.dbid != MyDatabaseId || e->key.installation != installation)
+			continue;
+		/* other roles' consumers, as pg_stat_activity shows other sessions */
+		if (!see_all && !has_privs_of_role(viewer, e->key.role))
 			continue;
 		values[0] = CStringGetTextDatum(e->key.name);
 		values[1] = Int32GetDatum(e->key.queue_id);

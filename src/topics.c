@@ -33,6 +33,7 @@
  */
 #include "postgres.h"
 
+#include "acl.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -453,6 +454,7 @@ change_subscription(FunctionCallInfo fcinfo, bool add)
 
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessShareLock, &q);
+	BrokerCheckQueue(&q, BROKER_PRIV_ADMIN);
 	values[0] = Int32GetDatum(q.queue_id);
 	values[1] = PointerGetDatum(pattern);
 	rc = BrokerStmtExecute(add ? &insert_sub : &delete_sub, -1, values, NULL, 0);
@@ -575,7 +577,13 @@ broker_publish(PG_FUNCTION_ARGS)
 			queues[i].queue_id == targets[i].queue_id;
 	}
 
-	/* Every copy's size first: one too large and nothing is enqueued. */
+	/*
+	 * produce on every queue it reaches, or nothing at all; then every
+	 * copy's size: one too large and nothing is enqueued.
+	 */
+	for (int i = 0; i < ntargets; i++)
+		if (locked[i])
+			BrokerCheckQueue(&queues[i], BROKER_PRIV_PRODUCE);
 	for (int i = 0; i < ntargets; i++)
 		if (locked[i])
 			BrokerCheckMessageSize(&queues[i], m.payload, m.headers, 0);

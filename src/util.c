@@ -61,6 +61,35 @@ BrokerIntervalIsPositive(const Interval *iv)
 											IntervalPGetDatum(&zero)));
 }
 
+/* Compare two intervals as PostgreSQL does: <0, 0, >0. */
+int
+BrokerIntervalCompare(const Interval *a, const Interval *b)
+{
+	return DatumGetInt32(DirectFunctionCall2(interval_cmp,
+											 IntervalPGetDatum((Interval *) a),
+											 IntervalPGetDatum((Interval *) b)));
+}
+
+/*
+ * A lease must not be longer than the queue's max_lease (22023): what
+ * dequeue and extend_lease give is bounded, so that no consumer hides a
+ * message for longer than the queue's admin allows.
+ */
+void
+BrokerCheckLease(const Interval *lease, const Interval *max_lease,
+				 const char *queue)
+{
+	if (BrokerIntervalCompare(lease, max_lease) <= 0)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("lease is longer than queue \"%s\" allows", queue),
+			 errdetail("The queue's max_lease is %s.",
+					   DatumGetCString(DirectFunctionCall1(interval_out,
+														   IntervalPGetDatum((Interval *) max_lease)))),
+			 errhint("Take a shorter lease and extend it with broker.extend_lease while the work goes on.")));
+}
+
 /* interval < 0. */
 bool
 BrokerIntervalIsNegative(const Interval *iv)

@@ -41,6 +41,9 @@ extern void BrokerRequireSharedMemory(void);
 
 extern bool BrokerIntervalIsPositive(const Interval *iv);
 extern bool BrokerIntervalIsNegative(const Interval *iv);
+extern int	BrokerIntervalCompare(const Interval *a, const Interval *b);
+extern void BrokerCheckLease(const Interval *lease, const Interval *max_lease,
+							 const char *queue);
 extern void BrokerCheckIntervalMax(const Interval *iv, const char *argname);
 extern TimestampTz BrokerTimestampPlus(TimestampTz ts, const Interval *iv);
 extern void BrokerRequireArg(FunctionCallInfo fcinfo, int argno, const char *argname);
