@@ -21,7 +21,7 @@ PG_CPPFLAGS = -I$(srcdir)/src -isystem $(shell $(PG_CONFIG) --includedir-server)
 # preloaded; setup (the extension and the tests' helpers) runs first, the
 # files that drop and create the extension last.
 REGRESS      = setup queues enqueue dequeue ack dead_letter lease_xact metrics \
-               consumers groups dedup priorities topics jobs extension security segments
+               consumers groups dedup priorities topics jobs privileges extension security segments
 REGRESS_OPTS = --temp-config=$(srcdir)/test/broker.conf --temp-instance=$(CURDIR)/tmp_check_regress
 ISOLATION      = $(patsubst test/specs/%.spec,%,$(sort $(wildcard test/specs/*.spec)))
 ISOLATION_OPTS = --inputdir=test --temp-config=$(srcdir)/test/broker.conf --temp-instance=$(CURDIR)/tmp_check_iso
