@@ -184,7 +184,8 @@ privileges(Oid role, int32 queue_id)
 	else
 	{
 		values[0] = Int32GetDatum(queue_id);
-		rc = BrokerStmtExecute(&grants_of_queue, -1, values, NULL, 0);
+		/* the latest grants, as catalogs are read, under REPEATABLE READ too */
+		rc = BrokerStmtExecuteLatest(&grants_of_queue, -1, values, NULL, 0);
 		BrokerStmtCheck(rc, SPI_OK_SELECT, "reading queue privileges");
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
