@@ -47,6 +47,9 @@ ALTER TABLE broker.queue_defs
         CHECK (retention OPERATOR(pg_catalog.>) '0'::interval),
     ADD COLUMN max_lease interval NOT NULL DEFAULT '12 hours'
         CHECK (max_lease OPERATOR(pg_catalog.>) '0'::interval);
+-- a queue whose lease is longer keeps working: its maximum is its lease
+UPDATE broker.queue_defs SET max_lease = lease
+ WHERE lease OPERATOR(pg_catalog.>) max_lease;
 
 ALTER TABLE broker.messages_0 ADD COLUMN group_key text COLLATE pg_catalog."C",
     ADD COLUMN priority smallint NOT NULL DEFAULT 0
@@ -147,7 +150,7 @@ SELECT pg_catalog.pg_extension_config_dump('broker.subscription_defs', '');
 -- Privileges per queue (issue #11)
 CREATE TABLE broker.grant_defs (
     queue_id   integer NOT NULL,
-    grantee    oid     NOT NULL,
+    grantee    name    NOT NULL,
     privilege  text    NOT NULL
                CHECK (privilege OPERATOR(pg_catalog.=) ANY (ARRAY['produce', 'consume', 'admin'])),
     PRIMARY KEY (queue_id, grantee, privilege)
@@ -155,14 +158,14 @@ CREATE TABLE broker.grant_defs (
 
 CREATE VIEW broker.grants AS
     SELECT CASE WHEN g.queue_id OPERATOR(pg_catalog.=) 0 THEN '*' ELSE q.name END AS queue,
-           CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'public'::pg_catalog.name
-                ELSE r.rolname END AS role,
+           g.grantee AS role,
            g.privilege
       FROM broker.grant_defs g
       LEFT JOIN broker.queue_defs q ON q.queue_id OPERATOR(pg_catalog.=) g.queue_id
-      LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) g.grantee
      WHERE (g.queue_id OPERATOR(pg_catalog.=) 0 OR q.queue_id IS NOT NULL)
-       AND (g.grantee OPERATOR(pg_catalog.=) 0 OR r.oid IS NOT NULL);
+       AND (g.grantee OPERATOR(pg_catalog.=) 'public'
+            OR EXISTS (SELECT FROM pg_catalog.pg_roles r
+                        WHERE r.rolname OPERATOR(pg_catalog.=) g.grantee));
 SELECT pg_catalog.pg_extension_config_dump('broker.grant_defs', '');
 REVOKE ALL ON broker.grant_defs FROM PUBLIC;
 GRANT SELECT ON broker.grants TO PUBLIC;
@@ -323,6 +326,13 @@ SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION broker.status(queue text, id bigint)
 RETURNS SETOF broker.job
 AS 'MODULE_PATHNAME', 'broker_status'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1
+SET search_path = pg_catalog, pg_temp;
+
+-- the form a call with an untyped id resolves to (as for delete)
+CREATE FUNCTION broker.status(queue text, id text)
+RETURNS SETOF broker.job
+AS 'MODULE_PATHNAME', 'broker_status_text'
 LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1
 SET search_path = pg_catalog, pg_temp;
 

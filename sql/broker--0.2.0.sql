@@ -195,10 +195,11 @@ CREATE TABLE broker.records_1 (LIKE broker.records_0 INCLUDING ALL);
 
 -- Who may do what with a queue (acl.c): privilege produce, consume or
 -- admin, on a queue or on every queue (queue_id 0), to a role or to PUBLIC
--- (grantee 0).
+-- (grantee 'public'), by name: a dump restored into another cluster gives
+-- the grants to the roles of the same names there.
 CREATE TABLE broker.grant_defs (
     queue_id   integer NOT NULL,
-    grantee    oid     NOT NULL,
+    grantee    name    NOT NULL,
     privilege  text    NOT NULL
                CHECK (privilege OPERATOR(pg_catalog.=) ANY (ARRAY['produce', 'consume', 'admin'])),
     PRIMARY KEY (queue_id, grantee, privilege)
@@ -206,14 +207,14 @@ CREATE TABLE broker.grant_defs (
 
 CREATE VIEW broker.grants AS
     SELECT CASE WHEN g.queue_id OPERATOR(pg_catalog.=) 0 THEN '*' ELSE q.name END AS queue,
-           CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'public'::pg_catalog.name
-                ELSE r.rolname END AS role,
+           g.grantee AS role,
            g.privilege
       FROM broker.grant_defs g
       LEFT JOIN broker.queue_defs q ON q.queue_id OPERATOR(pg_catalog.=) g.queue_id
-      LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) g.grantee
      WHERE (g.queue_id OPERATOR(pg_catalog.=) 0 OR q.queue_id IS NOT NULL)
-       AND (g.grantee OPERATOR(pg_catalog.=) 0 OR r.oid IS NOT NULL);
+       AND (g.grantee OPERATOR(pg_catalog.=) 'public'
+            OR EXISTS (SELECT FROM pg_catalog.pg_roles r
+                        WHERE r.rolname OPERATOR(pg_catalog.=) g.grantee));
 
 -- Topic subscriptions: the queue receives every message published to a
 -- topic that matches the pattern.
@@ -456,6 +457,13 @@ SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION broker.status(queue text, id bigint)
 RETURNS SETOF broker.job
 AS 'MODULE_PATHNAME', 'broker_status'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1
+SET search_path = pg_catalog, pg_temp;
+
+-- the form a call with an untyped id resolves to (as for delete)
+CREATE FUNCTION broker.status(queue text, id text)
+RETURNS SETOF broker.job
+AS 'MODULE_PATHNAME', 'broker_status_text'
 LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1
 SET search_path = pg_catalog, pg_temp;
 

@@ -124,10 +124,22 @@ SELECT count(*) FROM broker.status('jq_plain', pg_temp.id('plain'));
 SELECT count(*) FROM broker.archive('jq_plain');
 SELECT completed_total FROM broker.metrics('jq_plain');
 
--- ordered groups: waiting messages are ready
+-- ordered groups: waiting messages are ready (also one with a delay of its own)
 INSERT INTO ids VALUES ('g1', broker.enqueue('jq', '{"job": "g1"}', group_key => 'g'));
 INSERT INTO ids VALUES ('g2', broker.enqueue('jq', '{"job": "g2"}', group_key => 'g'));
+INSERT INTO ids VALUES ('g3', broker.enqueue('jq', '{"job": "g3"}', group_key => 'g', delay => '1 hour'));
 SELECT state FROM broker.status('jq', pg_temp.id('g2'));
+SELECT state FROM broker.status('jq', pg_temp.id('g3'));
+
+-- released without a delay: ready, visible since its enqueue
+INSERT INTO ids VALUES ('rel', broker.enqueue('jq_plain', '{"job": "rel"}'));
+SELECT broker.release('jq_plain', id, receipt) FROM broker.dequeue('jq_plain', 1);
+SELECT * FROM pg_temp.st('jq_plain', pg_temp.id('rel'));
+
+-- an untyped id resolves to one function
+PREPARE st_untyped AS SELECT state FROM broker.status('jq_plain', $1);
+EXECUTE st_untyped(pg_temp.id('rel')::text);
+DEALLOCATE st_untyped;
 
 -- the archive: records in id order, paged
 SELECT payload->>'job' AS job, state FROM broker.archive('jq');

@@ -5,7 +5,9 @@
  *	  check every function makes before it touches a queue.
  *
  * Privileges are granted per queue (or on '*', every queue present and
- * future, stored as queue id 0) to a role (or to PUBLIC, role 0):
+ * future, stored as queue id 0) to a role by name (or to PUBLIC, stored as
+ * 'public': no role can have that name), so that a dump restored into
+ * another cluster grants to the roles of the same names there:
  *   produce  enqueue and enqueue_batch into it, publish reaching it
  *   consume  dequeue, delete, complete, fail, release, extend_lease,
  *            status, archive
@@ -62,13 +64,13 @@ static BrokerStmt grants_of_queue = {
 static BrokerStmt insert_grant = {
 	"INSERT INTO broker.grant_defs AS g (queue_id, grantee, privilege)"
 	" VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-	3, {INT4OID, OIDOID, TEXTOID}, 0, {NULL}
+	3, {INT4OID, NAMEOID, TEXTOID}, 0, {NULL}
 };
 
 static BrokerStmt delete_grant = {
 	"DELETE FROM broker.grant_defs g WHERE g.queue_id " OP("=") " $1"
 	"   AND g.grantee " OP("=") " $2 AND g.privilege " OP("=") " $3",
-	3, {INT4OID, OIDOID, TEXTOID}, 0, {NULL}
+	3, {INT4OID, NAMEOID, TEXTOID}, 0, {NULL}
 };
 
 static BrokerStmt delete_queue_grants = {
@@ -190,14 +192,18 @@ privileges(Oid role, int32 queue_id)
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			bool		isnull;
-			Oid			grantee = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
-																 SPI_tuptable->tupdesc,
-																 1, &isnull));
+			char	   *gname = NameStr(*DatumGetName(SPI_getbinval(SPI_tuptable->vals[i],
+																	SPI_tuptable->tupdesc,
+																	1, &isnull)));
+			bool		is_public = strcmp(gname, "public") == 0;
+			Oid			grantee = is_public ? InvalidOid : get_role_oid(gname, true);
 			char	   *priv = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
 																 SPI_tuptable->tupdesc,
 																 2, &isnull));
 
-			if (grantee != InvalidOid && !has_privs_of_role(role, grantee))
+			/* a role of that name (a dropped one counts for nobody) */
+			if (!is_public &&
+				(!OidIsValid(grantee) || !has_privs_of_role(role, grantee)))
 				continue;
 			for (int p = 0; p < BROKER_NUM_PRIVILEGES; p++)
 				if (strcmp(priv, priv_names[p]) == 0)
@@ -278,7 +284,8 @@ BrokerGrantCreator(int32 queue_id)
 	if (all_powerful(role))
 		return;
 	values[0] = Int32GetDatum(queue_id);
-	values[1] = ObjectIdGetDatum(role);
+	values[1] = DirectFunctionCall1(namein,
+									CStringGetDatum(GetUserNameFromId(role, false)));
 	values[2] = CStringGetTextDatum("admin");
 	rc = BrokerStmtExecute(&insert_grant, -1, values, NULL, 0);
 	BrokerStmtCheck(rc, SPI_OK_INSERT, "granting the creator admin");
@@ -305,7 +312,6 @@ change_grant(FunctionCallInfo fcinfo, bool grant)
 {
 	text	   *qname;
 	char	   *rolename;
-	Oid			grantee;
 	BrokerPrivilege priv = privilege_arg(fcinfo, 2);
 	int32		queue_id = 0;
 	Datum		values[3];
@@ -317,10 +323,9 @@ change_grant(FunctionCallInfo fcinfo, bool grant)
 	BrokerRequireWritable(grant ? "grant a queue privilege" : "revoke a queue privilege");
 	qname = PG_GETARG_TEXT_PP(0);
 	rolename = NameStr(*PG_GETARG_NAME(1));
-	if (strcmp(rolename, "public") == 0)
-		grantee = InvalidOid;
-	else
-		grantee = get_role_oid(rolename, false);	/* 42704 */
+	/* granted to an existing role (42704 otherwise), or to public */
+	if (strcmp(rolename, "public") != 0 && grant)
+		(void) get_role_oid(rolename, false);
 
 	BrokerSPIConnect();
 	if (VARSIZE_ANY_EXHDR(qname) == 1 && *VARDATA_ANY(qname) == '*')
@@ -343,7 +348,7 @@ change_grant(FunctionCallInfo fcinfo, bool grant)
 		queue_id = q.queue_id;
 	}
 	values[0] = Int32GetDatum(queue_id);
-	values[1] = ObjectIdGetDatum(grantee);
+	values[1] = NameGetDatum(PG_GETARG_NAME(1));
 	values[2] = CStringGetTextDatum(priv_names[priv]);
 	rc = BrokerStmtExecute(grant ? &insert_grant : &delete_grant, -1, values, NULL, 0);
 	BrokerStmtCheck(rc, grant ? SPI_OK_INSERT : SPI_OK_DELETE, "changing a grant");

@@ -28,6 +28,7 @@
 
 PG_FUNCTION_INFO_V1(broker_status);
 PG_FUNCTION_INFO_V1(broker_status_many);
+PG_FUNCTION_INFO_V1(broker_status_text);
 PG_FUNCTION_INFO_V1(broker_archive);
 
 #define BROKER_ARCHIVE_MAX_ROWS		10000
@@ -103,6 +104,21 @@ broker_status(PG_FUNCTION_ARGS)
 
 	BrokerRequireArg(fcinfo, 1, "id");
 	id = PG_GETARG_DATUM(1);
+	return status_of(fcinfo, construct_array(&id, 1, INT8OID, sizeof(int64),
+											 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/*
+ * broker.status(queue, id text): the form that a call with an untyped
+ * parameter resolves to (as for delete); the same as the bigint form.
+ */
+Datum
+broker_status_text(PG_FUNCTION_ARGS)
+{
+	Datum		id;
+
+	BrokerRequireArg(fcinfo, 1, "id");
+	id = DirectFunctionCall1(int8in, CStringGetDatum(text_to_cstring(PG_GETARG_TEXT_PP(1))));
 	return status_of(fcinfo, construct_array(&id, 1, INT8OID, sizeof(int64),
 											 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }

@@ -256,6 +256,8 @@ broker_drop_queue(PG_FUNCTION_ARGS)
 		BrokerSPIFinish();
 		PG_RETURN_BOOL(false);
 	}
+	/* checked before the lock too: no one without admin queues behind it */
+	BrokerCheckQueue(&q, BROKER_PRIV_ADMIN);
 	BrokerLockQueue(name, AccessExclusiveLock, &q);
 	BrokerCheckQueue(&q, BROKER_PRIV_ADMIN);
 
@@ -299,6 +301,9 @@ broker_purge_queue(PG_FUNCTION_ARGS)
 
 	BrokerRequireWritable("purge a queue");
 	BrokerSPIConnect();
+	/* checked before the lock too: no one without admin queues behind it */
+	BrokerLookupQueue(name, false, &q);
+	BrokerCheckQueue(&q, BROKER_PRIV_ADMIN);
 	BrokerLockQueue(name, AccessExclusiveLock, &q);
 	BrokerCheckQueue(&q, BROKER_PRIV_ADMIN);
 	n = BrokerStorePurge(q.queue_id);

@@ -32,6 +32,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "segment.h"
@@ -64,7 +65,7 @@ static BrokerStmt insert_records = {
 /* Live messages of a queue by id: its claimable and its waiting ones. */
 static BrokerStmt live_jobs = {
 	"SELECT m.id, m.vt, m.receipt IS NOT NULL, m.expires_at, m.delivery_count,"
-	"       m.enqueued_at, m.payload, m.headers"
+	"       m.enqueued_at, m.payload, m.headers, m.queue_id " OP("<") " 0"
 	"  FROM broker.messages m"
 	" WHERE m.queue_id " OP("=") " ANY (ARRAY[$1, " OP("-") " $1])"
 	"   AND m.id " OP("=") " ANY ($2)",
@@ -242,10 +243,13 @@ BrokerStoreJobs(int32 queue_id, ArrayType *ids, TimestampTz now,
 	int			cap = 8;
 	int			n = 0;
 	BrokerJob  *out = palloc0(sizeof(BrokerJob) * cap);
+	Snapshot	snap;
 
+	/* One snapshot for both looks: a removal in between is seen once. */
+	snap = RegisterSnapshot(GetTransactionSnapshot());
 	values[0] = Int32GetDatum(queue_id);
 	values[1] = PointerGetDatum(ids);
-	rc = BrokerStmtExecute(&live_jobs, -1, values, NULL, 0);
+	rc = BrokerStmtExecuteSnapshot(&live_jobs, -1, values, NULL, 0, snap);
 	BrokerStmtCheck(rc, SPI_OK_SELECT, "looking up jobs");
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -254,6 +258,7 @@ BrokerStoreJobs(int32 queue_id, ArrayType *ids, TimestampTz now,
 		BrokerJob  *j;
 		bool		isnull;
 		bool		leased;
+		bool		waiting;
 		Datum		exp;
 		bool		exp_null;
 
@@ -273,16 +278,22 @@ BrokerStoreJobs(int32 queue_id, ArrayType *ids, TimestampTz now,
 		j->payload = SPI_getbinval(tup, desc, 7, &isnull);
 		j->headers = SPI_getbinval(tup, desc, 8, &j->headers_null);
 		j->result_null = true;
+		waiting = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
 		if (!exp_null && DatumGetTimestampTz(exp) <= now)
 		{
 			j->state = "expired";
 			j->has_finished = true;
 			j->finished_at = DatumGetTimestampTz(exp);
 		}
+		else if (waiting)
+			j->state = "ready";		/* behind its ordered group's head */
 		else if (j->visible_at > now)
 			j->state = leased ? "leased" : "delayed";
 		else
 			j->state = "ready";
+		/* neither delayed nor leased now, nor a lease ran out: enqueue time */
+		if (!leased && j->visible_at <= now)
+			j->visible_at = j->enqueued_at;
 	}
 
 	if (has_since)
@@ -293,7 +304,8 @@ BrokerStoreJobs(int32 queue_id, ArrayType *ids, TimestampTz now,
 		values[2] = TimestampTzGetDatum(since);
 		for (int t = 0; t < ntables; t++)
 		{
-			rc = BrokerStmtExecute(&records_by_id, tables[t], values, NULL, 0);
+			rc = BrokerStmtExecuteSnapshot(&records_by_id, tables[t], values, NULL, 0,
+										   snap);
 			BrokerStmtCheck(rc, SPI_OK_SELECT, "looking up job records");
 			for (uint64 i = 0; i < SPI_processed; i++)
 			{
@@ -306,6 +318,7 @@ BrokerStoreJobs(int32 queue_id, ArrayType *ids, TimestampTz now,
 			}
 		}
 	}
+	UnregisterSnapshot(snap);
 	qsort(out, n, sizeof(BrokerJob), cmp_job);
 	*jobs = out;
 	return n;

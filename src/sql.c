@@ -66,12 +66,14 @@ BrokerSPIConnect(void)
 		elog(ERROR, "broker: SPI_connect failed: %s", SPI_result_code_string(rc));
 	if (nswitches >= MAX_SWITCHES)
 		elog(ERROR, "broker: functions nested too deeply");
-	rels = BrokerGetRels();
+	/* Without the extension (a worker waiting for it) nothing to switch to. */
+	rels = BrokerFindRels(true);
 	BrokerXactTrack();
 	sw = &switches[nswitches++];
 	GetUserIdAndSecContext(&sw->user, &sw->sec);
 	sw->subid = GetCurrentSubTransactionId();
-	SetUserIdAndSecContext(rels->owner, sw->sec | SECURITY_LOCAL_USERID_CHANGE);
+	if (rels != NULL)
+		SetUserIdAndSecContext(rels->owner, sw->sec | SECURITY_LOCAL_USERID_CHANGE);
 }
 
 /* Disconnect from SPI, failing loudly, and be the caller again. */
@@ -186,14 +188,14 @@ stmt_plan(BrokerStmt *stmt, int variant)
  */
 static int
 execute(BrokerStmt *stmt, int variant, Datum *values, const char *nulls,
-		long count, bool latest)
+		long count, Snapshot snapshot)
 {
 	SPIPlanPtr	plan = stmt_plan(stmt, variant);
 	bool		save_seqscan = enable_seqscan;
 	bool		save_bitmapscan = enable_bitmapscan;
 	volatile int rc = 0;
 
-	if ((stmt->options & BROKER_STMT_INDEX) == 0 && !latest)
+	if ((stmt->options & BROKER_STMT_INDEX) == 0 && snapshot == NULL)
 		return SPI_execute_plan(plan, values, nulls, false, count);
 
 	if ((stmt->options & BROKER_STMT_INDEX) != 0)
@@ -203,8 +205,8 @@ execute(BrokerStmt *stmt, int variant, Datum *values, const char *nulls,
 	}
 	PG_TRY();
 	{
-		if (latest)
-			rc = SPI_execute_snapshot(plan, values, nulls, GetLatestSnapshot(),
+		if (snapshot != NULL)
+			rc = SPI_execute_snapshot(plan, values, nulls, snapshot,
 									  InvalidSnapshot, false, false, count);
 		else
 			rc = SPI_execute_plan(plan, values, nulls, false, count);
@@ -222,7 +224,7 @@ int
 BrokerStmtExecute(BrokerStmt *stmt, int variant, Datum *values,
 				  const char *nulls, long count)
 {
-	return execute(stmt, variant, values, nulls, count, false);
+	return execute(stmt, variant, values, nulls, count, NULL);
 }
 
 /*
@@ -236,7 +238,19 @@ int
 BrokerStmtExecuteLatest(BrokerStmt *stmt, int variant, Datum *values,
 						const char *nulls, long count)
 {
-	return execute(stmt, variant, values, nulls, count, true);
+	return execute(stmt, variant, values, nulls, count, GetLatestSnapshot());
+}
+
+/*
+ * Execute a statement with a given snapshot (SPI connected): several
+ * statements that must see one state (a status lookup reads the queue and
+ * then the records) read with one snapshot.
+ */
+int
+BrokerStmtExecuteSnapshot(BrokerStmt *stmt, int variant, Datum *values,
+						  const char *nulls, long count, Snapshot snapshot)
+{
+	return execute(stmt, variant, values, nulls, count, snapshot);
 }
 
 /* Fail loudly when a statement did not return what it must. */

@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include "executor/spi.h"
+#include "utils/snapshot.h"
 
 #include "xact.h"
 
@@ -45,6 +46,9 @@ extern int	BrokerStmtExecute(BrokerStmt *stmt, int variant, Datum *values,
 							  const char *nulls, long count);
 extern int	BrokerStmtExecuteLatest(BrokerStmt *stmt, int variant, Datum *values,
 									const char *nulls, long count);
+extern int	BrokerStmtExecuteSnapshot(BrokerStmt *stmt, int variant, Datum *values,
+									  const char *nulls, long count,
+									  Snapshot snapshot);
 extern void BrokerStmtCheck(int rc, int expected, const char *what);
 
 #endif							/* BROKER_SQL_H */

@@ -165,15 +165,16 @@ static BrokerStmt next_due = {
 
 /*
  * Depth by state per queue ($1: one queue or NULL for all, $2: now);
- * messages waiting behind their group's head count as what they are.
+ * messages waiting behind their group's head count as ready, whatever
+ * their own delay.
  */
 static BrokerStmt count_by_state = {
 	"SELECT q.queue_id, q.name,"
-	"  pg_catalog.count(m.id) FILTER (WHERE m.vt " OP("<=") " $2"
+	"  pg_catalog.count(m.id) FILTER (WHERE (m.vt " OP("<=") " $2 OR m.queue_id " OP("<") " 0)"
 	"     AND m.delivery_count " OP("<") " COALESCE(q.max_deliveries, 2147483647)),"
-	"  pg_catalog.count(m.id) FILTER (WHERE m.vt " OP(">") " $2"
+	"  pg_catalog.count(m.id) FILTER (WHERE m.vt " OP(">") " $2 AND m.queue_id " OP(">") " 0"
 	"     AND m.receipt IS NOT NULL),"
-	"  pg_catalog.count(m.id) FILTER (WHERE m.vt " OP(">") " $2"
+	"  pg_catalog.count(m.id) FILTER (WHERE m.vt " OP(">") " $2 AND m.queue_id " OP(">") " 0"
 	"     AND m.receipt IS NULL),"
 	"  pg_catalog.count(m.id),"
 	"  $2 " OP("-") " pg_catalog.min(m.enqueued_at) FILTER (WHERE m.vt " OP("<=") " $2"
