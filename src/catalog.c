@@ -182,8 +182,9 @@ namespace_owner(Oid nsp)
 
 /*
  * Resolve the extension's relations in this database (see the file
- * header).  Returns NULL when the extension is not installed and
- * missing_ok.
+ * header).  Returns NULL when the extension is not installed, or is
+ * installed at another version than the library's (waiting for ALTER
+ * EXTENSION ... UPDATE), and missing_ok.
  */
 const BrokerRels *
 BrokerFindRels(bool missing_ok)
@@ -214,11 +215,16 @@ BrokerFindRels(bool missing_ok)
 			!superuser_arg(namespace_owner(nsp)))
 			tampered("schema \"broker\"");
 		if (version == NULL || strcmp(version, BROKER_LIBRARY_VERSION) != 0)
+		{
+			/* hooks and workers: an installation to update is not ours yet */
+			if (missing_ok)
+				return NULL;
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("extension \"broker\" is at version %s, the library loaded is %s",
 							version ? version : "?", BROKER_LIBRARY_VERSION),
 					 errhint("Run ALTER EXTENSION broker UPDATE in this database.")));
+		}
 		rels.extension = extoid;
 		extension_nsp = nsp;
 		nresolved = 0;

@@ -309,6 +309,8 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessShareLock, &q);
 	BrokerCheckQueue(&q, BROKER_PRIV_PRODUCE);
+	/* the queue's shared state first: out of slots (53200) before any work */
+	(void) BrokerQueueStateGet(q.queue_id, true);
 	if (n == 0)
 	{
 		BrokerSPIFinish();

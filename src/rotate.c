@@ -117,12 +117,20 @@ try_step(SegmentStep step, Oid relid, int seg, LOCKMODE mode, int tolerated)
 	{
 		ErrorData  *edata;
 
+		/*
+		 * Whatever the error, the subtransaction is rolled back here: an
+		 * error re-thrown from inside it (a timeout, a cancel, a full disk)
+		 * would leave the caller's transaction in a state it cannot end.
+		 */
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
-		if (edata->sqlerrcode != tolerated)
-			PG_RE_THROW();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (edata->sqlerrcode != tolerated)
+			ReThrowError(edata);
+		FreeErrorData(edata);
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);

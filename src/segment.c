@@ -166,13 +166,24 @@ BrokerSegmentRelid(int seg)
 	return BrokerRelid(name);
 }
 
-/* True when a relation is one of the segment tables (the extension exists). */
+/*
+ * True when a relation is one of the store's tables (the extension exists):
+ * a segment, the segment table, a key or record table.
+ */
 bool
 BrokerStoreIsPartition(Oid relid)
 {
+	static const char *const others[] = {"segments", "dedup_0", "dedup_1",
+	"records_0", "records_1"};
+
 	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
 	{
 		if (relid == BrokerSegmentRelid(seg))
+			return true;
+	}
+	for (int i = 0; i < (int) lengthof(others); i++)
+	{
+		if (relid == BrokerRelid(others[i]))
 			return true;
 	}
 	return false;
@@ -286,6 +297,8 @@ BrokerPairSet(SegState *st, BrokerPair pair, const BrokerTablePair *in)
 	SpinLockRelease(&st->mutex);
 }
 
+static SegState *state_entry(void);
+
 /*
  * This installation's segment state, loaded (caller is connected to SPI).
  * Without shared memory (not preloaded) a backend-local copy read afresh
@@ -294,9 +307,7 @@ BrokerPairSet(SegState *st, BrokerPair pair, const BrokerTablePair *in)
 SegState *
 BrokerSegmentState(void)
 {
-	SegKey		key;
 	SegState   *st;
-	bool		found;
 	static SegState local;
 
 	if (!BrokerSharedMemoryReady())
@@ -305,6 +316,20 @@ BrokerSegmentState(void)
 		load_state(&local);
 		return &local;
 	}
+	st = state_entry();
+	if (!st->loaded)
+		load_state(st);
+	return st;
+}
+
+/* This installation's entry in shared memory, created but not loaded. */
+static SegState *
+state_entry(void)
+{
+	SegKey		key;
+	SegState   *st;
+	bool		found;
+
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
 	key.installation = BrokerGetRels()->extension;
@@ -330,8 +355,6 @@ BrokerSegmentState(void)
 			init_state(st);
 		LWLockRelease(seg_lock);
 	}
-	if (!st->loaded)
-		load_state(st);
 	return st;
 }
 
@@ -516,10 +539,9 @@ BrokerStoreBulkLoad(void)
 	if (!BrokerSharedMemoryReady() || BrokerFindRels(true) == NULL)
 		return;
 	BrokerXactTrack();
-	BrokerSPIConnect();
-	BrokerSegmentAnnounceMove(BrokerSegmentState());
+	/* Not loaded now: broker.segments itself may be what is being restored. */
+	BrokerSegmentAnnounceMove(state_entry());
 	bulk_loaded = true;
-	BrokerSPIFinish();
 }
 
 /* Record a change of a state to publish at commit. */
@@ -611,7 +633,32 @@ segment_xact_end(BrokerXactEnd how)
 		 * ago: those marks start again from 0.
 		 */
 		if (commit && bulk_loaded)
+		{
+			SegState   *st;
+
 			BrokerLowerMarks(key.dbid, key.installation);
+
+			/*
+			 * What was loaded may be the segment table, the key tables, the
+			 * records: read the segments again at the next use, and look in
+			 * both tables of every pair (nothing is known empty any more).
+			 */
+			LWLockAcquire(seg_lock, LW_SHARED);
+			st = hash_search(seg_hash, &key, HASH_FIND, NULL);
+			if (st != NULL)
+			{
+				SpinLockAcquire(&st->mutex);
+				st->loaded = false;
+				st->drained = 0;
+				for (int p = 0; p < BROKER_NUM_PAIRS; p++)
+				{
+					st->pairs[p].other_empty = false;
+					st->pairs[p].turned = true;
+				}
+				SpinLockRelease(&st->mutex);
+			}
+			LWLockRelease(seg_lock);
+		}
 	}
 	bulk_loaded = false;
 	changes = NULL;				/* freed with TopTransactionContext */

@@ -31,6 +31,7 @@
 #include "access/xact.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/ipc.h"
 #include "storage/proc.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -81,6 +82,33 @@ BrokerWaitNothingDue(int32 queue_id, BrokerQueueState *state, TimestampTz now)
 	return due > now;
 }
 
+/* What a sleeping waiter must undo when it stops waiting. */
+typedef struct WaitCleanup
+{
+	BrokerQueueState *state;
+	bool		keeper;
+} WaitCleanup;
+
+static void
+wait_cleanup(int code, Datum arg)
+{
+	WaitCleanup *wc = (WaitCleanup *) DatumGetPointer(arg);
+	BrokerQueueState *state = wc->state;
+
+	(void) code;
+	pg_atomic_fetch_sub_u32(&state->waiters, 1);
+	if (wc->keeper)
+	{
+		SpinLockAcquire(&state->mutex);
+		if (state->timekeeper == MyProc->pgprocno)
+		{
+			state->timekeeper = -1;
+			state->keeper_due = BROKER_NO_DUE;
+		}
+		SpinLockRelease(&state->mutex);
+	}
+}
+
 /*
  * Sleep on the queue until woken or the deadline (see the file header).
  * Returns true if this waiter kept time.
@@ -89,7 +117,8 @@ bool
 BrokerWaitSleep(BrokerQueueState *state, TimestampTz now, TimestampTz deadline)
 {
 	volatile bool keeper = false;
-	volatile long timeout_ms;
+	long		timeout_ms;
+	WaitCleanup wc;
 	TimestampTz until = deadline;
 	TimestampTz due = (TimestampTz) pg_atomic_read_u64(&state->next_due);
 
@@ -111,28 +140,25 @@ BrokerWaitSleep(BrokerQueueState *state, TimestampTz now, TimestampTz deadline)
 	}
 	timeout_ms = until > now ?
 		(long) Min(Max((until - now + 999) / 1000, 1), BROKER_MAX_SLEEP_MS) : 0;
+	wc.state = state;
+	wc.keeper = keeper;
 	pg_atomic_fetch_add_u32(&state->waiters, 1);
-	PG_TRY();
+
+	/*
+	 * Undo the count and the timekeeping however the sleep ends: normally,
+	 * with an ERROR (statement_timeout, cancel) or with a FATAL that ends the
+	 * backend (pg_terminate_backend, a client gone): a backend that stayed
+	 * counted, or stayed the timekeeper, would keep the queue's other
+	 * waiters from being woken when something becomes due.
+	 */
+	PG_ENSURE_ERROR_CLEANUP(wait_cleanup, PointerGetDatum(&wc));
 	{
 		if (timeout_ms > 0)
 			(void) ConditionVariableTimedSleep(&state->cv, timeout_ms,
 											   PG_WAIT_EXTENSION);
 	}
-	PG_FINALLY();
-	{
-		pg_atomic_fetch_sub_u32(&state->waiters, 1);
-		if (keeper)
-		{
-			SpinLockAcquire(&state->mutex);
-			if (state->timekeeper == MyProc->pgprocno)
-			{
-				state->timekeeper = -1;
-				state->keeper_due = BROKER_NO_DUE;
-			}
-			SpinLockRelease(&state->mutex);
-		}
-	}
-	PG_END_TRY();
+	PG_END_ENSURE_ERROR_CLEANUP(wait_cleanup, PointerGetDatum(&wc));
+	wait_cleanup(0, PointerGetDatum(&wc));
 	pg_atomic_fetch_add_u64(&state->wakeups, 1);
 	return keeper;
 }
