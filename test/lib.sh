@@ -26,6 +26,11 @@ ensure_deps() {
     perl -MIPC::Run -e 1 2>/dev/null || missing+=(libipc-run-perl)
     command -v make >/dev/null && command -v gcc >/dev/null || missing+=(build-essential)
     command -v prove >/dev/null || missing+=(perl)
+    # for the tests of poolers (019), the crash loop and the fuzz generator
+    command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+    /usr/bin/python3 -c 'import psycopg' 2>/dev/null || missing+=(python3-psycopg)
+    # for the PGMQ interface's real client (pgmq-js, 023)
+    command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         as_root apt-get update -qq

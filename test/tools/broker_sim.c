@@ -28,6 +28,15 @@
  * as foreign, nothing else.  A stale-receipt delete (false, or an id missing
  * from what the ids[] form returned) is no error: it counts as stale.
  *
+ * Through a transaction-mode pooler (PgBouncer with pool_mode = transaction)
+ * each statement may run on another server connection, so a statement
+ * prepared on one is unknown on the next.  --pooler sends every statement
+ * with PQexecParams (the unnamed statement, parsed with each call) instead
+ * of PQprepare/PQexecPrepared, and uses no session state: every call is a
+ * transaction of its own.  --consumer-dsn lets the consumers, which hold a
+ * server connection for the whole of a long-poll wait, use a pool of their
+ * own (a separate database alias or user in the pooler).
+ *
  *-------------------------------------------------------------------------
  */
 #define _GNU_SOURCE
@@ -71,9 +80,24 @@
 #define SQL_DEL_ONE		"SELECT broker.delete($1::text, $2::int8, $3::int8)"
 #define SQL_DEL_MANY	"SELECT * FROM broker.delete($1::text, $2::int8[])"
 
+/* A statement: prepared under its name, or sent whole with --pooler. */
+typedef struct Stmt
+{
+	const char *name;
+	const char *sql;
+	int			nparams;
+} Stmt;
+
+static const Stmt stmt_enq = {"enq", SQL_ENQ, 2};
+static const Stmt stmt_enq_batch = {"enq", SQL_ENQ_BATCH, 2};
+static const Stmt stmt_deq = {"deq", SQL_DEQ, 4};
+static const Stmt stmt_del_one = {"del", SQL_DEL_ONE, 3};
+static const Stmt stmt_del_many = {"del", SQL_DEL_MANY, 2};
+
 typedef struct SimOptions
 {
 	const char *dsn;
+	const char *consumer_dsn;	/* NULL: dsn */
 	const char *queue;
 	int			producers;
 	int			consumers;
@@ -86,6 +110,7 @@ typedef struct SimOptions
 	int			work_ms;
 	double		drain_timeout_s;
 	bool		no_purge;
+	bool		pooler;
 	bool		quiet;
 	bool		json;
 } SimOptions;
@@ -134,7 +159,8 @@ typedef struct Worker
 	pthread_t	thread;
 	int			index;
 	char		name[32];
-	Histogram	hist;			/* consumers only */
+	Histogram	hist;			/* consumers: end-to-end latency */
+	Histogram	call_hist;		/* producers: time of each enqueue call */
 } Worker;
 
 static SimOptions opts = {
@@ -162,6 +188,7 @@ usage(void)
 		  "and delete, and every message is checked to be consumed exactly once.\n"
 		  "\n"
 		  "  -d, --dsn=CONNINFO          libpq connection string (default \"\": PG* variables)\n"
+		  "      --consumer-dsn=CONNINFO connection string of the consumers (default: --dsn)\n"
 		  "  -q, --queue=NAME            queue to use (default sim)\n"
 		  "  -p, --producers=N           producer threads (default 4)\n"
 		  "  -c, --consumers=N           consumer threads (default 4)\n"
@@ -174,6 +201,8 @@ usage(void)
 		  "      --work-ms=MS            simulated processing time per message (default 0)\n"
 		  "      --drain-timeout=SECONDS time to drain after producing stops (default 30)\n"
 		  "      --no-purge              do not purge the queue at start\n"
+		  "  -P, --pooler                work through a transaction-mode pooler (PgBouncer):\n"
+		  "                              no prepared statements (PQexecParams), no session state\n"
 		  "      --quiet                 no progress line\n"
 		  "      --json                  also print the summary as one JSON line\n"
 		  "  -h, --help                  show this help and exit\n"
@@ -214,9 +243,10 @@ parse_num(const char *arg, const char *name, double min, double max, bool intege
 static void
 parse_options(int argc, char **argv)
 {
-	enum {OPT_WORK = 256, OPT_DRAIN, OPT_NO_PURGE, OPT_QUIET, OPT_JSON};
+	enum {OPT_WORK = 256, OPT_DRAIN, OPT_NO_PURGE, OPT_QUIET, OPT_JSON, OPT_CONSUMER_DSN};
 	static const struct option longopts[] = {
 		{"dsn", required_argument, NULL, 'd'},
+		{"consumer-dsn", required_argument, NULL, OPT_CONSUMER_DSN},
 		{"queue", required_argument, NULL, 'q'},
 		{"producers", required_argument, NULL, 'p'},
 		{"consumers", required_argument, NULL, 'c'},
@@ -229,6 +259,7 @@ parse_options(int argc, char **argv)
 		{"work-ms", required_argument, NULL, OPT_WORK},
 		{"drain-timeout", required_argument, NULL, OPT_DRAIN},
 		{"no-purge", no_argument, NULL, OPT_NO_PURGE},
+		{"pooler", no_argument, NULL, 'P'},
 		{"quiet", no_argument, NULL, OPT_QUIET},
 		{"json", no_argument, NULL, OPT_JSON},
 		{"help", no_argument, NULL, 'h'},
@@ -236,11 +267,12 @@ parse_options(int argc, char **argv)
 	};
 	int			c;
 
-	while ((c = getopt_long(argc, argv, "d:q:p:c:s:b:l:t:r:w:h", longopts, NULL)) != -1)
+	while ((c = getopt_long(argc, argv, "d:q:p:c:s:b:l:t:r:w:Ph", longopts, NULL)) != -1)
 	{
 		switch (c)
 		{
 			case 'd': opts.dsn = optarg; break;
+			case OPT_CONSUMER_DSN: opts.consumer_dsn = optarg; break;
 			case 'q': opts.queue = optarg; break;
 			case 'p': opts.producers = parse_num(optarg, "producers", 1, MAX_THREADS, true); break;
 			case 'c': opts.consumers = parse_num(optarg, "consumers", 1, MAX_THREADS, true); break;
@@ -253,6 +285,7 @@ parse_options(int argc, char **argv)
 			case OPT_WORK: opts.work_ms = parse_num(optarg, "work-ms", 0, 3600000, true); break;
 			case OPT_DRAIN: opts.drain_timeout_s = parse_num(optarg, "drain timeout", 0, 1e7, false); break;
 			case OPT_NO_PURGE: opts.no_purge = true; break;
+			case 'P': opts.pooler = true; break;
 			case OPT_QUIET: opts.quiet = true; break;
 			case OPT_JSON: opts.json = true; break;
 			case 'h': usage(); exit(0);
@@ -345,19 +378,19 @@ ignore_notice(void *arg, const char *message)
 	(void) message;
 }
 
-/* Open a connection with the user's conninfo; NULL (reported) on failure. */
+/* Open a connection with a conninfo ("": PG* variables); NULL (reported) on failure. */
 static PGconn *
-connect_db(const char *who)
+connect_db(const char *who, const char *dsn)
 {
 	const char *keys[3] = {"fallback_application_name", NULL, NULL};
 	const char *vals[3] = {"broker_sim", NULL, NULL};
 	PGconn	   *conn;
 	char		buf[512];
 
-	if (opts.dsn[0] != '\0')
+	if (dsn[0] != '\0')
 	{
 		keys[1] = "dbname";
-		vals[1] = opts.dsn;
+		vals[1] = dsn;
 	}
 	conn = PQconnectdbParams(keys, vals, 1);
 	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
@@ -371,16 +404,31 @@ connect_db(const char *who)
 	return conn;
 }
 
-/* Prepare one named statement on a connection. */
+/* Prepare a statement on a connection (nothing to do with --pooler). */
 static bool
-prepare(PGconn *conn, const char *who, const char *name, const char *sql, int nparams)
+prepare(PGconn *conn, const char *who, const Stmt *st)
 {
-	PGresult   *res = PQprepare(conn, name, sql, nparams, NULL);
+	PGresult   *res;
 
+	if (opts.pooler)
+		return true;
+	res = PQprepare(conn, st->name, st->sql, st->nparams, NULL);
 	if (!check_result(who, "prepare", conn, res, PGRES_COMMAND_OK))
 		return false;
 	PQclear(res);
 	return true;
+}
+
+/*
+ * Run a statement: the prepared one, or with --pooler the whole text as the
+ * unnamed statement, which lives only as long as this call's transaction.
+ */
+static PGresult *
+exec_stmt(PGconn *conn, const Stmt *st, const char *const *params)
+{
+	if (opts.pooler)
+		return PQexecParams(conn, st->sql, st->nparams, NULL, params, NULL, NULL, 0);
+	return PQexecPrepared(conn, st->name, st->nparams, params, NULL, NULL, 0);
 }
 
 /* Hand out count sequence numbers of producer pt; -1 when out of room. */
@@ -524,9 +572,9 @@ producer_main(void *arg)
 {
 	Worker	   *w = arg;
 	ProducerTrack *pt = &tracks[w->index];
-	PGconn	   *conn = connect_db(w->name);
-	bool		ok = conn != NULL &&
-		prepare(conn, w->name, "enq", opts.batch > 1 ? SQL_ENQ_BATCH : SQL_ENQ, 2);
+	PGconn	   *conn = connect_db(w->name, opts.dsn);
+	const Stmt *enq = opts.batch > 1 ? &stmt_enq_batch : &stmt_enq;
+	bool		ok = conn != NULL && prepare(conn, w->name, enq);
 	size_t		room = (size_t) opts.batch * (opts.payload_size + 200) + 16;
 	char	   *buf = malloc(room);
 	double		per_rate = opts.rate / opts.producers;
@@ -545,6 +593,7 @@ producer_main(void *arg)
 		const char *params[2] = {opts.queue, buf};
 		PGresult   *res;
 		int64_t		first;
+		int64_t		call_start;
 		size_t		len = 0;
 
 		if (per_rate > 0 && !pace_until(start + (int64_t) (sent * 1e6 / per_rate)))
@@ -571,7 +620,9 @@ producer_main(void *arg)
 			buf[len++] = '}';
 		}
 		buf[len] = '\0';
-		res = PQexecPrepared(conn, "enq", 2, params, NULL, NULL, 0);
+		call_start = now_us(CLOCK_MONOTONIC);
+		res = exec_stmt(conn, enq, params);
+		hist_add(&w->call_hist, now_us(CLOCK_MONOTONIC) - call_start);
 		if (!check_result(w->name, "enqueue", conn, res, PGRES_TUPLES_OK))
 			break;
 		ok = PQntuples(res) == opts.batch;
@@ -704,7 +755,7 @@ delete_deliveries(Worker *w, PGconn *conn, Delivery *ds, int n, int64_t recv_us,
 		{
 			sprintf(idbuf, "%lld", (long long) ds[i].id);
 			params[2] = ds[i].receipt[0] ? ds[i].receipt : NULL;
-			res = PQexecPrepared(conn, "del", 3, params, NULL, NULL, 0);
+			res = exec_stmt(conn, &stmt_del_one, params);
 			if (!check_result(w->name, "delete", conn, res, PGRES_TUPLES_OK))
 				return false;
 			note_delete(w, &ds[i], PQntuples(res) == 1 &&
@@ -719,7 +770,7 @@ delete_deliveries(Worker *w, PGconn *conn, Delivery *ds, int n, int64_t recv_us,
 	for (int i = 0; i < n; i++)
 		len += sprintf(idbuf + len, "%s%lld", i > 0 ? "," : "", (long long) ds[i].id);
 	strcpy(idbuf + len, "}");
-	res = PQexecPrepared(conn, "del", 2, params, NULL, NULL, 0);
+	res = exec_stmt(conn, &stmt_del_many, params);
 	if (!check_result(w->name, "delete", conn, res, PGRES_TUPLES_OK))
 		return false;
 	if ((nids = PQntuples(res)) > n)
@@ -746,11 +797,10 @@ static void *
 consumer_main(void *arg)
 {
 	Worker	   *w = arg;
-	PGconn	   *conn = connect_db(w->name);
+	PGconn	   *conn = connect_db(w->name, opts.consumer_dsn ? opts.consumer_dsn : opts.dsn);
 	bool		ok = conn != NULL &&
-		prepare(conn, w->name, "deq", SQL_DEQ, 4) &&
-		prepare(conn, w->name, "del", opts.batch > 1 ? SQL_DEL_MANY : SQL_DEL_ONE,
-				opts.batch > 1 ? 2 : 3);
+		prepare(conn, w->name, &stmt_deq) &&
+		prepare(conn, w->name, opts.batch > 1 ? &stmt_del_many : &stmt_del_one);
 	Delivery   *ds = calloc(opts.batch, sizeof(Delivery));
 	char	   *idbuf = malloc((size_t) opts.batch * 24 + 4);
 	char		max_text[16];
@@ -769,7 +819,7 @@ consumer_main(void *arg)
 	}
 	while (ok && !atomic_load(&stop_consuming))
 	{
-		PGresult   *res = PQexecPrepared(conn, "deq", 4, params, NULL, NULL, 0);
+		PGresult   *res = exec_stmt(conn, &stmt_deq, params);
 		int64_t		recv_us = now_us(CLOCK_REALTIME);
 		int			n;
 
@@ -952,7 +1002,7 @@ run_loop(int64_t *t0, int64_t *produce_end, int64_t *done_at)
 
 /* Print the summary (and JSON line); returns the exit status. */
 static int
-print_summary(const Histogram *h, double run_s, double drain_s)
+print_summary(const Histogram *h, const Histogram *ch, double run_s, double drain_s)
 {
 	int64_t		produced = atomic_load(&n_produced);
 	int64_t		consumed = atomic_load(&n_consumed);
@@ -964,18 +1014,23 @@ print_summary(const Histogram *h, double run_s, double drain_s)
 	double		p95 = hist_quantile_ms(h, 0.95);
 	double		p99 = hist_quantile_ms(h, 0.99);
 	double		pmax = h->max_us / 1000.0;
+	double		e50 = hist_quantile_ms(ch, 0.50);
+	double		e95 = hist_quantile_ms(ch, 0.95);
+	double		e99 = hist_quantile_ms(ch, 0.99);
+	double		emax = ch->max_us / 1000.0;
 	double		prod_rate = run_s > 0 ? produced / run_s : 0;
 	double		cons_rate = run_s + drain_s > 0 ? consumed / (run_s + drain_s) : 0;
 	int			status = (dd + ov == 0 && lost == 0 && errors == 0) ? 0 : 1;
 
 	printf("broker_sim summary\n"
-		   "  producers/consumers  %d/%d   batch %d   payload %d B   lease %g s\n"
+		   "  producers/consumers  %d/%d   batch %d   payload %d B   lease %g s%s\n"
 		   "  duration             %.1f s (+ %.1f s drain)\n"
 		   "  produced             %lld\n"
 		   "  consumed             %lld\n"
 		   "  produce rate         %.0f msg/s\n"
 		   "  consume rate         %.0f msg/s\n"
 		   "  latency p50/p95/p99/max  %.2f / %.2f / %.2f / %.2f ms\n"
+		   "  enqueue call p50/p95/p99/max  %.2f / %.2f / %.2f / %.2f ms\n"
 		   "  duplicates           %lld (%lld deleted again, %lld overlapping leases)\n"
 		   "  lost                 %lld\n"
 		   "  stale deletes        %lld\n"
@@ -983,8 +1038,10 @@ print_summary(const Histogram *h, double run_s, double drain_s)
 		   "  errors               %lld\n"
 		   "  result               %s\n",
 		   opts.producers, opts.consumers, opts.batch, opts.payload_size, opts.lease_s,
+		   opts.pooler ? "   pooler" : "",
 		   run_s, drain_s, (long long) produced, (long long) consumed, prod_rate,
-		   cons_rate, p50, p95, p99, pmax, (long long) (dd + ov), (long long) dd,
+		   cons_rate, p50, p95, p99, pmax, e50, e95, e99, emax,
+		   (long long) (dd + ov), (long long) dd,
 		   (long long) ov, (long long) lost, (long long) atomic_load(&n_stale),
 		   (long long) atomic_load(&n_foreign), (long long) errors, status == 0 ? "OK" : "FAILED");
 	if (opts.json)
@@ -992,12 +1049,15 @@ print_summary(const Histogram *h, double run_s, double drain_s)
 			   "\"lease_s\":%g,\"duration_s\":%.3f,\"drain_s\":%.3f,\"produced\":%lld,"
 			   "\"consumed\":%lld,\"produce_rate\":%.1f,\"consume_rate\":%.1f,"
 			   "\"latency_ms\":{\"p50\":%.3f,\"p95\":%.3f,\"p99\":%.3f,\"max\":%.3f},"
+			   "\"enqueue_call_ms\":{\"p50\":%.3f,\"p95\":%.3f,\"p99\":%.3f,\"max\":%.3f},"
+			   "\"pooler\":%s,"
 			   "\"duplicates\":%lld,\"double_deletes\":%lld,\"overlapping_leases\":%lld,"
 			   "\"lost\":%lld,\"stale_deletes\":%lld,\"foreign\":%lld,"
 			   "\"errors\":%lld,\"ok\":%s}\n",
 			   opts.producers, opts.consumers, opts.batch, opts.payload_size,
 			   opts.lease_s, run_s, drain_s, (long long) produced, (long long) consumed,
-			   prod_rate, cons_rate, p50, p95, p99, pmax, (long long) (dd + ov),
+			   prod_rate, cons_rate, p50, p95, p99, pmax, e50, e95, e99, emax,
+			   opts.pooler ? "true" : "false", (long long) (dd + ov),
 			   (long long) dd, (long long) ov, (long long) lost,
 			   (long long) atomic_load(&n_stale), (long long) atomic_load(&n_foreign),
 			   (long long) errors, status == 0 ? "true" : "false");
@@ -1011,6 +1071,7 @@ main(int argc, char **argv)
 	PGconn	   *admin;
 	Worker	   *workers;
 	static Histogram hist;
+	static Histogram call_hist;
 	int64_t		t0, produce_end, done_at;
 	bool		ok;
 
@@ -1022,7 +1083,7 @@ main(int argc, char **argv)
 		fprintf(stderr, "broker_sim: libpq is not thread-safe\n");
 		return 1;
 	}
-	admin = connect_db("setup");
+	admin = connect_db("setup", opts.dsn);
 	ok = admin != NULL && setup_queue(admin);
 	PQfinish(admin);
 	if (!ok)
@@ -1033,8 +1094,10 @@ main(int argc, char **argv)
 	for (int i = 0; i < opts.producers + opts.consumers; i++)
 		pthread_join(workers[i].thread, NULL);
 
+	for (int i = 0; i < opts.producers; i++)
+		hist_merge(&call_hist, &workers[i].call_hist);
 	for (int i = opts.producers; i < opts.producers + opts.consumers; i++)
 		hist_merge(&hist, &workers[i].hist);
 	free(workers);
-	return print_summary(&hist, (produce_end - t0) / 1e6, (done_at - produce_end) / 1e6);
+	return print_summary(&hist, &call_hist, (produce_end - t0) / 1e6, (done_at - produce_end) / 1e6);
 }
