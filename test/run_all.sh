@@ -37,7 +37,8 @@ stage() {
     else
         tally
         [ "$(grep -cE '(\.\.\. +FAILED|\.\. (Dubious|Failed)|not ok )' "$out")" -gt 0 ] || failed=$((failed + 1))
-        for f in "$tree/regression.diffs" "$tree/output_iso/regression.diffs"; do
+        for f in "$tree/regression.diffs" "$tree/output_iso/regression.diffs" \
+                 "$tree/pgmq/regression.diffs"; do
             [ -f "$f" ] && { echo "---- $f"; head -200 "$f"; }
         done
         for f in "$tree"/tmp_check/log/regress_log_*; do
@@ -47,7 +48,19 @@ stage() {
     fi
 }
 
-mk=(as_pg make -C "$tree" PG_CONFIG="$PG_CONFIG")
+# A small filesystem for the disk-full case of the fault tests (022): only
+# it may fill, never the real disk.  Needs root; skipped otherwise.
+smallfs=
+if [ "$(id -u)" = 0 ]; then
+    smallfs=$(mktemp -d /tmp/broker-smallfs.XXXXXX)
+    if mount -t tmpfs -o size=16m,mode=0700,uid=postgres,gid=postgres tmpfs "$smallfs"; then
+        trap 'stop_cluster; umount "$smallfs" 2>/dev/null; rmdir "$smallfs"; rm -rf "$tree"' EXIT
+    else
+        rmdir "$smallfs"; smallfs=
+    fi
+fi
+
+mk=(as_pg env ${smallfs:+BROKER_TEST_SMALLFS=$smallfs} make -C "$tree" PG_CONFIG="$PG_CONFIG")
 stage "pg_regress" "${mk[@]}" installcheck ISOLATION= TAP_TESTS=
 stage "isolation" "${mk[@]}" installcheck REGRESS= TAP_TESTS=
 stage "TAP" "${mk[@]}" installcheck REGRESS= ISOLATION= PROVE_FLAGS=--timer
