@@ -35,6 +35,23 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# broker_pgmq, the PGMQ-compatible interface (pgmq/, docs/pgmq.md): built,
+# installed and cleaned with broker; its pg_regress tests run in the
+# pg_regress pass (installcheck with REGRESS set), on their own temporary
+# instance; test/t/023_pgmq.pl is one of the TAP tests.
+all: pgmq-all
+install: pgmq-install
+installcheck: pgmq-installcheck
+clean: pgmq-clean
+.PHONY: pgmq-all pgmq-install pgmq-clean pgmq-installcheck
+pgmq-all pgmq-install pgmq-clean:
+	$(MAKE) -C $(srcdir)/pgmq PG_CONFIG=$(PG_CONFIG) $(patsubst pgmq-%,%,$@)
+pgmq-installcheck:
+ifneq ($(strip $(REGRESS)),)
+	$(MAKE) -C $(srcdir)/pgmq PG_CONFIG=$(PG_CONFIG) installcheck
+endif
+
+
 # Every object depends on the headers (PGXS tracks no header deps).
 $(OBJS): $(wildcard src/*.h)
 
