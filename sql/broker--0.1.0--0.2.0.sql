@@ -52,25 +52,13 @@ UPDATE broker.queue_defs SET max_lease = lease
  WHERE lease OPERATOR(pg_catalog.>) max_lease;
 
 ALTER TABLE broker.messages_0 ADD COLUMN group_key text COLLATE pg_catalog."C",
-    ADD COLUMN priority smallint NOT NULL DEFAULT 0
-        -- named as a fresh install names it (its segments 1-3 copy segment 0's)
-        CONSTRAINT messages_0_priority_check
-        CHECK (priority OPERATOR(pg_catalog.>=) 0 AND priority OPERATOR(pg_catalog.<=) 9);
+    ADD COLUMN priority smallint NOT NULL DEFAULT 0;
 ALTER TABLE broker.messages_1 ADD COLUMN group_key text COLLATE pg_catalog."C",
-    ADD COLUMN priority smallint NOT NULL DEFAULT 0
-        -- named as a fresh install names it (its segments 1-3 copy segment 0's)
-        CONSTRAINT messages_0_priority_check
-        CHECK (priority OPERATOR(pg_catalog.>=) 0 AND priority OPERATOR(pg_catalog.<=) 9);
+    ADD COLUMN priority smallint NOT NULL DEFAULT 0;
 ALTER TABLE broker.messages_2 ADD COLUMN group_key text COLLATE pg_catalog."C",
-    ADD COLUMN priority smallint NOT NULL DEFAULT 0
-        -- named as a fresh install names it (its segments 1-3 copy segment 0's)
-        CONSTRAINT messages_0_priority_check
-        CHECK (priority OPERATOR(pg_catalog.>=) 0 AND priority OPERATOR(pg_catalog.<=) 9);
+    ADD COLUMN priority smallint NOT NULL DEFAULT 0;
 ALTER TABLE broker.messages_3 ADD COLUMN group_key text COLLATE pg_catalog."C",
-    ADD COLUMN priority smallint NOT NULL DEFAULT 0
-        -- named as a fresh install names it (its segments 1-3 copy segment 0's)
-        CONSTRAINT messages_0_priority_check
-        CHECK (priority OPERATOR(pg_catalog.>=) 0 AND priority OPERATOR(pg_catalog.<=) 9);
+    ADD COLUMN priority smallint NOT NULL DEFAULT 0;
 
 CREATE INDEX messages_0_priority ON broker.messages_0 (queue_id, priority, id) WHERE priority OPERATOR(pg_catalog.>) 0;
 CREATE INDEX messages_1_priority ON broker.messages_1 (queue_id, priority, id) WHERE priority OPERATOR(pg_catalog.>) 0;
