@@ -353,7 +353,7 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 
 	if (nstored > 0)
 	{
-		Datum	   *sids = palloc(sizeof(Datum) * nstored);
+		int64	   *sids = palloc(sizeof(int64) * nstored);
 		Datum	   *spayloads = palloc(sizeof(Datum) * nstored);
 		text	  **sgroups = group_keys ? palloc(sizeof(text *) * nstored) : NULL;
 		bool	   *claimable = palloc(sizeof(bool) * nstored);
@@ -365,7 +365,7 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 		{
 			if (!store[i])
 				continue;
-			sids[k] = Int64GetDatum(ids[i]);
+			sids[k] = ids[i];
 			spayloads[k] = elems[i];
 			if (sgroups)
 				sgroups[k] = group_keys[i];
@@ -379,13 +379,7 @@ broker_enqueue_batch(PG_FUNCTION_ARGS)
 		common.expires_at = t.expires_at;
 		common.headers = headers;
 		common.priority = priority;
-		BrokerStoreInsertBatch(&common,
-							   construct_array(sids, nstored, INT8OID, sizeof(int64),
-											   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE),
-							   nstored == n ? arr :
-							   construct_array(spayloads, nstored, JSONBOID, -1,
-											   false, TYPALIGN_INT),
-							   sgroups, nstored, claimable);
+		BrokerStoreInsertBatch(&common, sids, spayloads, sgroups, nstored, claimable);
 		for (int i = 0; i < nstored; i++)
 			nclaimable += claimable[i] ? 1 : 0;
 		BrokerNoteStored(&q, nstored, nclaimable, t.now, t.vt);

@@ -33,13 +33,18 @@
  */
 #include "postgres.h"
 
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
+#include "catalog.h"
 #include "groups.h"
 #include "segment.h"
 #include "sql.h"
@@ -48,34 +53,6 @@
 #define OP(x) "OPERATOR(pg_catalog." x ")"
 #define SEG "broker.messages_%d"
 #define PERSEG BROKER_STMT_INDEX
-
-#define INSERT_COLUMNS \
-	"INSERT INTO " SEG " (queue_id, id, vt, enqueued_at, expires_at, payload," \
-	"                     headers, group_key, priority)"
-
-static BrokerStmt insert_one = {
-	INSERT_COLUMNS " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-	9, {INT4OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
-	JSONBOID, JSONBOID, TEXTOID, INT2OID}, PERSEG, {NULL}
-};
-
-static BrokerStmt insert_batch = {
-	INSERT_COLUMNS
-	" SELECT $1, u.i, $3, $4, $5, u.p, $7, NULL, $8"
-	"   FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($6)) AS u(i, p)",
-	8, {INT4OID, INT8ARRAYOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
-	TIMESTAMPTZOID, JSONBARRAYOID, JSONBOID, INT2OID}, PERSEG, {NULL}
-};
-
-/* A batch with group keys: each row's queue id (head or waiting) and key. */
-static BrokerStmt insert_batch_grouped = {
-	INSERT_COLUMNS
-	" SELECT u.q, u.i, $3, $4, $5, u.p, $7, u.g, $8"
-	"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-	"                   pg_catalog.unnest($6), pg_catalog.unnest($9)) AS u(q, i, p, g)",
-	9, {INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
-	TIMESTAMPTZOID, JSONBARRAYOID, JSONBOID, INT2OID, TEXTARRAYOID}, PERSEG, {NULL}
-};
 
 #define CLAIM_SELECT \
 	"SELECT m.ctid, m.id, m.payload, m.headers, m.enqueued_at," \
@@ -190,6 +167,163 @@ static BrokerStmt count_by_state = {
 };
 
 /*
+ * Inserting.  Rows go into the current segment without a statement: the
+ * tuples are formed here and written with table_multi_insert (one WAL
+ * record per page for a batch) or table_tuple_insert, then their index
+ * entries are made with ExecInsertIndexTuples, as COPY does; no parse,
+ * no plan and no executor start for each call.  The segments have no
+ * trigger, no check constraint, no rule and no generated column (the
+ * install script makes them so; the columns the install script declares
+ * NOT NULL are always given here).
+ */
+typedef struct InsertRow
+{
+	int32		queue_id;		/* negated: waiting behind its group's head */
+	int64		id;
+	Datum		payload;
+	text	   *group_key;		/* or NULL */
+} InsertRow;
+
+/* Attribute numbers of the segments' columns (all four have the same). */
+enum
+{
+	COL_QUEUE_ID, COL_ID, COL_VT, COL_ENQUEUED_AT, COL_EXPIRES_AT,
+	COL_DELIVERY_COUNT, COL_RECEIPT, COL_PAYLOAD, COL_HEADERS, COL_GROUP_KEY,
+	COL_PRIORITY, NUM_COLS
+};
+
+static const char *const col_names[NUM_COLS] = {
+	"queue_id", "id", "vt", "enqueued_at", "expires_at", "delivery_count",
+	"receipt", "payload", "headers", "group_key", "priority"
+};
+
+static AttrNumber col_attnum[NUM_COLS];
+static uint64 col_generation = 0;
+
+static void
+load_columns(Oid relid)
+{
+	if (col_generation == BrokerRelsGeneration() && col_attnum[0] != 0)
+		return;
+	for (int c = 0; c < NUM_COLS; c++)
+	{
+		col_attnum[c] = get_attnum(relid, col_names[c]);
+		if (col_attnum[c] == InvalidAttrNumber)
+			elog(ERROR, "broker: column \"%s\" of a message segment is missing",
+				 col_names[c]);
+	}
+	col_generation = BrokerRelsGeneration();
+}
+
+/* Rows stored per table_multi_insert call, and slots kept for them. */
+#define INSERT_CHUNK 1000
+
+/* Put one row into a (virtual) slot. */
+static void
+fill_slot(TupleTableSlot *slot, TupleDesc desc, const BrokerNewMessage *common,
+		  const InsertRow *row)
+{
+	Datum	   *v = slot->tts_values;
+	bool	   *isnull = slot->tts_isnull;
+
+	ExecClearTuple(slot);
+	memset(isnull, true, sizeof(bool) * desc->natts);
+	v[col_attnum[COL_QUEUE_ID] - 1] = Int32GetDatum(row->queue_id);
+	v[col_attnum[COL_ID] - 1] = Int64GetDatum(row->id);
+	v[col_attnum[COL_VT] - 1] = TimestampTzGetDatum(common->vt);
+	v[col_attnum[COL_ENQUEUED_AT] - 1] = TimestampTzGetDatum(common->enqueued_at);
+	v[col_attnum[COL_EXPIRES_AT] - 1] = TimestampTzGetDatum(common->expires_at);
+	v[col_attnum[COL_DELIVERY_COUNT] - 1] = Int32GetDatum(0);
+	v[col_attnum[COL_PAYLOAD] - 1] = row->payload;
+	v[col_attnum[COL_HEADERS] - 1] = common->headers ? JsonbPGetDatum(common->headers) : (Datum) 0;
+	v[col_attnum[COL_GROUP_KEY] - 1] = PointerGetDatum(row->group_key);
+	v[col_attnum[COL_PRIORITY] - 1] = Int16GetDatum((int16) common->priority);
+	isnull[col_attnum[COL_QUEUE_ID] - 1] = false;
+	isnull[col_attnum[COL_ID] - 1] = false;
+	isnull[col_attnum[COL_VT] - 1] = false;
+	isnull[col_attnum[COL_ENQUEUED_AT] - 1] = false;
+	isnull[col_attnum[COL_EXPIRES_AT] - 1] = !common->has_expiry;
+	isnull[col_attnum[COL_DELIVERY_COUNT] - 1] = false;
+	isnull[col_attnum[COL_PAYLOAD] - 1] = false;
+	isnull[col_attnum[COL_HEADERS] - 1] = common->headers == NULL;
+	isnull[col_attnum[COL_GROUP_KEY] - 1] = row->group_key == NULL;
+	isnull[col_attnum[COL_PRIORITY] - 1] = false;
+	ExecStoreVirtualTuple(slot);
+}
+
+/* Write n rows (the rest of each from common) into a segment. */
+static void
+insert_rows(int seg, const BrokerNewMessage *common, const InsertRow *rows, int n)
+{
+	Oid			relid = BrokerSegmentRelid(seg);
+	Relation	rel;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot **slots;
+	TupleDesc	desc;
+	CommandId	cid = GetCurrentCommandId(true);
+	MemoryContext old;
+	MemoryContext chunk_cxt;
+	int			nslots;
+
+	load_columns(relid);
+	rel = table_open(relid, RowExclusiveLock);
+	desc = RelationGetDescr(rel);
+	estate = CreateExecutorState();
+	old = MemoryContextSwitchTo(estate->es_query_cxt);
+	rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	ExecOpenIndices(rri, false);
+
+	nslots = Min(n, INSERT_CHUNK);
+	slots = palloc(sizeof(TupleTableSlot *) * nslots);
+	for (int i = 0; i < nslots; i++)
+		slots[i] = ExecInitExtraTupleSlot(estate, desc, &TTSOpsVirtual);
+	/* one row (enqueue) needs no context of its own */
+	chunk_cxt = n == 1 ? CurrentMemoryContext :
+		AllocSetContextCreate(CurrentMemoryContext, "broker insert chunk",
+							  ALLOCSET_DEFAULT_SIZES);
+
+	/*
+	 * A bounded set of slots, filled again for each chunk (as COPY does):
+	 * a slot per row would pin the tuple descriptor once per row in the
+	 * resource owner, whose lookups degrade with that many pins of one
+	 * descriptor.
+	 */
+	for (int done = 0; done < n; done += nslots)
+	{
+		int			k = Min(nslots, n - done);
+		MemoryContext prev;
+
+		CHECK_FOR_INTERRUPTS();
+		prev = MemoryContextSwitchTo(chunk_cxt);
+		for (int j = 0; j < k; j++)
+			fill_slot(slots[j], desc, common, &rows[done + j]);
+		if (k == 1)
+			table_tuple_insert(rel, slots[0], cid, 0, NULL);
+		else
+			table_multi_insert(rel, slots, k, cid, 0, NULL);
+		for (int j = 0; j < k; j++)
+		{
+			List	   *recheck = ExecInsertIndexTuples(rri, slots[j], estate, false,
+														false, NULL, NIL);
+
+			list_free(recheck);
+			ResetPerTupleExprContext(estate);
+		}
+		MemoryContextSwitchTo(prev);
+		if (n > 1)
+			MemoryContextReset(chunk_cxt);
+	}
+
+	ExecCloseIndices(rri);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	MemoryContextSwitchTo(old);
+	FreeExecutorState(estate);
+	table_close(rel, NoLock);
+}
+
+/*
  * Lock the groups of messages about to be added (NULL keys skipped)
  * before their ids are allocated: so the ids of one group are allocated
  * one transaction after the other, and id order is the order in which
@@ -220,76 +354,47 @@ group_has_head(int32 queue_id, text *key)
 bool
 BrokerStoreInsert(const BrokerNewMessage *m)
 {
-	Datum		values[9];
-	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	InsertRow	row;
 	int			seg;
-	int			rc;
 	bool		waits = m->group_key != NULL && group_has_head(m->queue_id, m->group_key);
 
 	seg = BrokerSegmentCurrent();
-	values[0] = Int32GetDatum(waits ? -m->queue_id : m->queue_id);
-	values[1] = Int64GetDatum(m->id);
-	values[2] = TimestampTzGetDatum(m->vt);
-	values[3] = TimestampTzGetDatum(m->enqueued_at);
-	values[4] = TimestampTzGetDatum(m->expires_at);
-	nulls[4] = m->has_expiry ? ' ' : 'n';
-	values[5] = JsonbPGetDatum(m->payload);
-	values[6] = m->headers ? JsonbPGetDatum(m->headers) : (Datum) 0;
-	nulls[6] = m->headers ? ' ' : 'n';
-	values[7] = m->group_key ? PointerGetDatum(m->group_key) : (Datum) 0;
-	nulls[7] = m->group_key ? ' ' : 'n';
-	values[8] = Int16GetDatum((int16) m->priority);
-
-	rc = BrokerStmtExecute(&insert_one, seg, values, nulls, 0);
-	BrokerStmtCheck(rc, SPI_OK_INSERT, "enqueue");
+	row.queue_id = waits ? -m->queue_id : m->queue_id;
+	row.id = m->id;
+	row.payload = JsonbPGetDatum(m->payload);
+	row.group_key = m->group_key;
+	insert_rows(seg, m, &row, 1);
 	BrokerSegmentInserted(seg);
 	return !waits;
 }
 
 /*
- * Store n messages in one statement: the ids, payloads and group keys
- * (NULL: none) from the arrays, everything else from "common".  claimable[i]
- * says whether message i can be claimed (not waiting behind its group).
+ * Store n messages at once: the ids, payloads and group keys (NULL: none)
+ * from the arrays, everything else from "common".  claimable[i] says
+ * whether message i can be claimed (not waiting behind its group).
  */
 void
-BrokerStoreInsertBatch(const BrokerNewMessage *common, ArrayType *ids,
-					   ArrayType *payloads, text **group_keys, int n,
+BrokerStoreInsertBatch(const BrokerNewMessage *common, const int64 *ids,
+					   const Datum *payloads, text **group_keys, int n,
 					   bool *claimable)
 {
-	Datum		values[9];
-	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	InsertRow  *rows = palloc(sizeof(InsertRow) * Max(n, 1));
 	int			seg;
-	int			rc;
-
-	values[1] = PointerGetDatum(ids);
-	values[2] = TimestampTzGetDatum(common->vt);
-	values[3] = TimestampTzGetDatum(common->enqueued_at);
-	values[4] = TimestampTzGetDatum(common->expires_at);
-	nulls[4] = common->has_expiry ? ' ' : 'n';
-	values[5] = PointerGetDatum(payloads);
-	values[6] = common->headers ? JsonbPGetDatum(common->headers) : (Datum) 0;
-	nulls[6] = common->headers ? ' ' : 'n';
-	values[7] = Int16GetDatum((int16) common->priority);
 
 	for (int i = 0; i < n; i++)
+	{
 		claimable[i] = true;
-
-	if (group_keys == NULL)
-	{
-		values[0] = Int32GetDatum(common->queue_id);
-		seg = BrokerSegmentCurrent();
-		rc = BrokerStmtExecute(&insert_batch, seg, values, nulls, 0);
+		rows[i].queue_id = common->queue_id;
+		rows[i].id = ids[i];
+		rows[i].payload = payloads[i];
+		rows[i].group_key = group_keys ? group_keys[i] : NULL;
 	}
-	else
+
+	if (group_keys != NULL)
 	{
-		Datum	   *qids = palloc(sizeof(Datum) * n);
-		Datum	   *keys = palloc(sizeof(Datum) * n);
-		bool	   *knulls = palloc(sizeof(bool) * n);
 		text	  **sorted = palloc(sizeof(text *) * n);
 		bool	   *headed = palloc0(sizeof(bool) * n);	/* per sorted key */
 		int			nkeys = 0;
-		int			dims[1] = {n};
-		int			lbs[1] = {1};
 
 		/* The groups' locks, in stripe order (usually held already). */
 		BrokerGroupLockMany(common->queue_id, group_keys, n);
@@ -312,34 +417,25 @@ BrokerStoreInsertBatch(const BrokerNewMessage *common, ArrayType *ids,
 			text	  **found;
 			int			k;
 
-			knulls[i] = group_keys[i] == NULL;
-			keys[i] = knulls[i] ? (Datum) 0 : PointerGetDatum(group_keys[i]);
-			qids[i] = Int32GetDatum(common->queue_id);
-			if (knulls[i])
+			if (group_keys[i] == NULL)
 				continue;
-			found = bsearch(&group_keys[i], sorted, nkeys, sizeof(text *), BrokerCompareKeyPtrs);
+			found = bsearch(&group_keys[i], sorted, nkeys, sizeof(text *),
+							BrokerCompareKeyPtrs);
 			k = found - sorted;
 			while (k > 0 && BrokerCompareKeyPtrs(&sorted[k - 1], &sorted[k]) == 0)
 				k--;
 			if (headed[k])
 			{
-				qids[i] = Int32GetDatum(-common->queue_id);
+				rows[i].queue_id = -common->queue_id;
 				claimable[i] = false;
 			}
 			/* every copy of the key in sorted[] says the group has a head now */
 			for (int j = k; j < nkeys && BrokerCompareKeyPtrs(&sorted[j], &sorted[k]) == 0; j++)
 				headed[j] = true;
 		}
-		values[0] = PointerGetDatum(construct_array(qids, n, INT4OID, sizeof(int32),
-													true, TYPALIGN_INT));
-		values[8] = PointerGetDatum(construct_md_array(keys, knulls, 1, dims, lbs,
-													   TEXTOID, -1, false,
-													   TYPALIGN_INT));
-		seg = BrokerSegmentCurrent();
-		rc = BrokerStmtExecute(&insert_batch_grouped, seg, values, nulls, 0);
 	}
-	if (rc != SPI_OK_INSERT || SPI_processed != (uint64) n)
-		elog(ERROR, "broker: batch enqueue failed: %s", SPI_result_code_string(rc));
+	seg = BrokerSegmentCurrent();
+	insert_rows(seg, common, rows, n);
 	BrokerSegmentInserted(seg);
 }
 

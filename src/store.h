@@ -146,7 +146,7 @@ typedef void (*BrokerExpiredFn) (int32 queue_id, int64 n);
 extern void BrokerStoreLockGroups(int32 queue_id, text **keys, int n);
 extern bool BrokerStoreInsert(const BrokerNewMessage *m);
 extern void BrokerStoreInsertBatch(const BrokerNewMessage *common,
-								   ArrayType *ids, ArrayType *payloads,
+								   const int64 *ids, const Datum *payloads,
 								   text **group_keys, int n, bool *claimable);
 extern int	BrokerStoreClaim(const BrokerClaimSpec *spec, BrokerClaimed **rows);
 extern void BrokerStoreWriteLeases(const BrokerLeaseWrite *leases, int n);
