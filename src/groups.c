@@ -31,10 +31,12 @@
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
+#include "catalog.h"
 #include "groups.h"
 #include "qstate.h"
 #include "segment.h"
@@ -170,23 +172,49 @@ BrokerGroupLock(int32 queue_id, text *key, bool wait)
 	return key_lock(LOCK_CLASS_GROUP, queue_id, key, wait);
 }
 
+/*
+ * The group lookups read the segments one after the other; segment
+ * maintenance moves rows between segments (and truncates the one it
+ * emptied) in one transaction, and a lookup that ran across such a move
+ * could miss a row in both places.  So a lookup holds a lock on
+ * broker.segments that conflicts with the maintainers' (RowShare against
+ * Exclusive, see rotate.c) from before its snapshot to its last probe:
+ * no move begins or commits meanwhile, and one committed before is seen.
+ * It is released at once, not held to the transaction's end, so that
+ * maintenance (which only tries its lock for 50 ms) is never starved.
+ */
+static bool promote(int32 queue_id, text *key, int64 *expired);
+
+static void
+hold_segments(bool hold)
+{
+	Oid			relid = BrokerRelid("segments");
+
+	if (hold)
+		LockRelationOid(relid, RowShareLock);
+	else
+		UnlockRelationOid(relid, RowShareLock);
+}
+
 /* True when the group has a head (the group's lock is held). */
 bool
 BrokerGroupHasHead(int32 queue_id, text *key)
 {
 	Datum		values[2];
+	bool		found = false;
 
 	values[0] = Int32GetDatum(queue_id);
 	values[1] = PointerGetDatum(key);
-	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
+	hold_segments(true);
+	for (int seg = 0; seg < BROKER_SEGMENTS && !found; seg++)
 	{
 		int			rc = BrokerStmtExecuteLatest(&group_head, seg, values, NULL, 1);
 
 		BrokerStmtCheck(rc, SPI_OK_SELECT, "looking for a group's head");
-		if (SPI_processed > 0)
-			return true;
+		found = SPI_processed > 0;
 	}
-	return false;
+	hold_segments(false);
+	return found;
 }
 
 /*
@@ -199,6 +227,18 @@ BrokerGroupHasHead(int32 queue_id, text *key)
  */
 bool
 BrokerGroupPromote(int32 queue_id, text *key, int64 *expired)
+{
+	bool		promoted;
+
+	hold_segments(true);
+	promoted = promote(queue_id, key, expired);
+	hold_segments(false);
+	return promoted;
+}
+
+/* BrokerGroupPromote, under the segments' lock. */
+static bool
+promote(int32 queue_id, text *key, int64 *expired)
 {
 	TimestampTz now = GetCurrentTimestamp();
 

@@ -143,6 +143,7 @@ BrokerLookupQueue(text *name, bool missing_ok, BrokerQueue *out)
 	bool		found;
 	Datum		values[1];
 	int			rc;
+	uint64		gen;
 
 	BrokerCheckQueueName(name);
 	text_to_cstring_buffer(name, key, sizeof(key));
@@ -157,6 +158,7 @@ BrokerLookupQueue(text *name, bool missing_ok, BrokerQueue *out)
 		return true;
 	}
 
+	gen = BrokerRelsGeneration();
 	values[0] = PointerGetDatum(name);
 	rc = BrokerStmtExecute(&queue_by_name, -1, values, NULL, 1);
 	BrokerStmtCheck(rc, SPI_OK_SELECT, "queue lookup");
@@ -168,7 +170,14 @@ BrokerLookupQueue(text *name, bool missing_ok, BrokerQueue *out)
 	}
 	queue_from_tuple(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, out);
 
-	/* An invalidation during the query may have emptied the cache. */
+	/*
+	 * An invalidation during the query (a drop or create that committed
+	 * meanwhile) means the row read may be out of date: use it for this
+	 * call (BrokerLockQueue looks again once it holds the lock) but do not
+	 * keep it.
+	 */
+	if (gen != BrokerRelsGeneration())
+		return true;
 	entry = hash_search(cache(), key, HASH_ENTER, &found);
 	entry->q = *out;
 	return true;

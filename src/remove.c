@@ -24,11 +24,13 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "storage/lmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/timestamp.h"
 
+#include "catalog.h"
 #include "groups.h"
 #include "segment.h"
 #include "sql.h"
@@ -591,6 +593,12 @@ BrokerStorePurge(int32 queue_id)
 	uint64		n = 0;
 	LeftHeads	left;
 
+	/*
+	 * No segment maintenance may move a message of the queue from a segment
+	 * not yet purged into one already purged: hold a lock that conflicts
+	 * with the maintainers' until the transaction ends (groups.c).
+	 */
+	LockRelationOid(BrokerRelid("segments"), RowShareLock);
 	left_init(&left, queue_id);
 	values[0] = Int32GetDatum(queue_id);
 	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
