@@ -1,4 +1,4 @@
-/* broker--0.1.0.sql: types, tables, views and function declarations only.
+/* broker--0.2.0.sql: types, tables, views and function declarations only.
  * Every code path that runs per message is in C (src/). */
 
 \echo Use "CREATE EXTENSION broker" to load this file. \quit

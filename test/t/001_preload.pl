@@ -61,7 +61,7 @@ is($node->safe_psql('postgres', 'SHOW broker.max_queues'),
 $node->safe_psql('postgres', 'CREATE EXTENSION broker');
 is( $node->safe_psql(
 		'postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'broker'}),
-	'0.1.0',
+	'0.2.0',
 	'CREATE EXTENSION broker works with preload');
 
 $node->safe_psql('postgres', q{SELECT broker.create_queue('q')});
@@ -159,7 +159,7 @@ is(sql($plain, 'CREATE EXTENSION broker'),
 	'', 'CREATE EXTENSION broker works without preload');
 is( sql($plain,
 		q{SELECT extversion FROM pg_extension WHERE extname = 'broker'}),
-	'0.1.0',
+	'0.2.0',
 	'the extension is installed without preload');
 
 is(sql($plain, q{SELECT broker.create_queue('q')}),

@@ -63,7 +63,7 @@ is( $node->safe_psql(
 		         last_pass_at > now() - interval '5 s',
 		         last_pass_duration < interval '5 s', removed_total
 		    FROM broker.health() WHERE database = 'postgres'}),
-	'0.1.0|0.1.0|t|t|t|0',
+	'0.2.0|0.2.0|t|t|t|0',
 	'health(): versions, preloaded, a recent pass, removed_total 0');
 
 # --- expiry without any client call ------------------------------------------

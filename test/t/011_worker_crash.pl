@@ -146,7 +146,7 @@ is( $plain->safe_psql(
 		         last_pass_duration IS NULL, removed_total IS NULL,
 		         library_version, extension_version, preloaded
 		    FROM broker.health()}),
-	't|t|t|t|t|t|0.1.0|0.1.0|f',
+	't|t|t|t|t|t|0.2.0|0.2.0|f',
 	'without preload: health() is one row saying preloaded = false');
 
 # enqueue needs shared memory; write expired messages directly.

@@ -53,7 +53,7 @@ my $per_group = 20;
 my $total = $groups * $per_group;
 my $consumers = 8;
 my $short_lease = '1.5 seconds';    # consumers 7 and 8
-my $consume_secs = 45;              # the consumers give up after this
+my $consume_secs = 240;             # a liveness bound: the consumers give up after this
 
 my $node = broker_node(
 	'groups_many',
