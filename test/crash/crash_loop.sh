@@ -2,7 +2,10 @@
 # crash_loop.sh: kill -9 the server again and again under a mixed load,
 # then prove that nothing was lost, deleted messages stayed deleted, no
 # message was held under two valid leases, nothing is stuck and the gauges
-# match the rows (test/crash/README.md).
+# match the rows; that ordered groups were delivered one message at a time
+# in id order, dedup keys were stored once per window and retries got the
+# stored id back, publishes reached every subscribed queue or none, and
+# completes and fails left their records (test/crash/README.md).
 #
 # Builds and installs the extension into a private installation as
 # test/run_all.sh does, starts a cluster with small segments and a fast
@@ -11,7 +14,8 @@
 # left of it) followed by pg_ctl start; or a kill -9 of a client backend
 # inside broker.dequeue, or of a broker background worker, after which the
 # postmaster restarts every backend itself.  Before and after each crash
-# check.py --probe checks the gauges and the low-water marks under load.
+# check.py --probe checks the gauges, the low-water marks, the heads of
+# the ordered groups and the job records under load.
 # Then it stops the load, runs test/crash/check.py and exits non-zero on
 # any violation.
 #
@@ -35,7 +39,7 @@ while [ $# -gt 0 ]; do
         --seconds-between) between=$2; shift 2 ;;
         --final-seconds) final=$2; shift 2 ;;
         --keep-logs) keep_logs=1; shift ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done

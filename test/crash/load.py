@@ -11,26 +11,51 @@ An operation that failed before its COMMIT was sent never happened and is
 not logged.  check.py reads the logs.
 
 Records ("t" is the client's clock, seconds since the epoch, taken after
-the server answered; "recv" is taken right after dequeue returned):
-  enq  q id k ttl delay t          a committed enqueue (ttl/delay in s or null)
-  dlv  q id k dc recv until rcpt   a committed delivery (until = lease_until)
-  del  q id k rcpt dc ok t         a delete; ok = the server said it deleted
+the server answered; "sent" is taken before the call was sent; "recv" is
+taken right after dequeue returned):
+  enq  q id k ttl delay pri g dk try sent t
+                                   an enqueue (ttl/delay in s or null; pri
+                                   the priority, g the group key or null; dk
+                                   true when k was also the dedup key; try
+                                   0 for a first attempt, n for the n-th
+                                   retry of the same call)
+  pub  topic k n ttl delay pri g dk try sent t
+                                   a publish; n = what it returned
+  dlv  q id k dc recv until rcpt w a committed delivery (until = lease_until)
+  del  q id k rcpt dc ok how res sent t
+                                   a removal: how = delete, complete or fail
+                                   (res = the result or error given); ok =
+                                   the server said it removed the message
   ext  q id rcpt until t           extend_lease; until = new lease_until or null
   rel  q id rcpt ok sent           release; sent = when the call was sent
 
-Producers use enqueue and enqueue_batch, some with a ttl, some with a
-delay.  Consumers come in four roles, by their number:
-  txn    dequeue and delete in one transaction;
-  lease  dequeue (commit), then delete with the receipt in a second
+Producers use enqueue, enqueue_batch and publish: some messages with a ttl,
+a delay, a priority; into cl_group with group keys (ordered groups); into
+cl_job (a queue with a retention); to topics that 1-3 queues subscribe to.
+Some enqueues into cl_plain, and some publishes, carry a dedup key (the
+message's key k): such a call is retried with the same arguments when its
+COMMIT got no answer (in doubt) or its connection died before it, and now
+and then after it was confirmed (soon, within the dedup window: it must
+return the same id, or publish nothing; or once the window has passed: it
+must store the message again).  Some of these calls wait a moment before
+COMMIT, so that crashes find COMMITs in flight.
+
+Consumers come in four roles, by their number:
+  txn    dequeue and remove in one transaction;
+  lease  dequeue (commit), then remove with the receipt in a second
          transaction; some are extended first, some released;
-  lazy   dequeue (commit), then leave half the leases to run out, delete
+  lazy   dequeue (commit), then leave half the leases to run out, remove
          some after their lease ran out, the rest at once;
   mixed  any of these, with long-poll dequeues.
+A removal is a delete, except on cl_job, where it is mostly a complete
+(with a result) or a fail (with an error), so that records are kept.
 
-Usage: load.py --setup                  create the queues
-       load.py --logdir DIR [--producers 3] [--consumers 4] [--seconds S]
-                    [--long-delays A-B]
-Connection: --dsn, else the PG* environment variables.
+Usage: load.py --setup [--dedup-window S]   create the queues and subscriptions
+       load.py --logdir DIR [--producers 3] [--consumers 6] [--seconds S]
+                    [--long-delays A-B] [--dedup-window S]
+Connection: --dsn, else the PG* environment variables.  Run it as a
+superuser or the extension's owner (the functions check per-queue
+privileges; the owner may do everything).
 """
 
 import argparse
@@ -44,32 +69,82 @@ import time
 
 import psycopg
 
-# name: (lease s, default_ttl s, max_deliveries, dead-letter queue)
+# name: settings of create_queue (lease s, default_ttl s, max_deliveries,
+# dead-letter queue, retention s).  Every queue gets the same dedup_window
+# (--dedup-window), so that the dedup key tables turn over during a run.
 QUEUES = {
-    'cl_dead': (1, None, None, None),
-    'cl_plain': (1, None, None, None),
-    'cl_dlq': (1, None, 3, 'cl_dead'),
-    'cl_ttl': (2, 4, 4, None),
+    'cl_dead': dict(lease=1, ttl=None, maxd=None, dlq=None, retention=None),
+    'cl_plain': dict(lease=1, ttl=None, maxd=None, dlq=None, retention=None),
+    'cl_dlq': dict(lease=1, ttl=None, maxd=3, dlq='cl_dead', retention=None),
+    'cl_ttl': dict(lease=2, ttl=4, maxd=4, dlq=None, retention=None),
+    # ordered groups; heads exhausted at 3 deliveries are dead-lettered
+    'cl_group': dict(lease=1, ttl=None, maxd=3, dlq='cl_dead', retention=None),
+    # jobs: a record of every message that leaves, kept longer than a run
+    'cl_job': dict(lease=1, ttl=None, maxd=3, dlq=None, retention=3600),
+    # the subscribers of the topics
+    'cl_sub_a': dict(lease=1, ttl=None, maxd=None, dlq=None, retention=None),
+    'cl_sub_b': dict(lease=1, ttl=None, maxd=None, dlq=None, retention=None),
+    'cl_sub_c': dict(lease=1, ttl=None, maxd=None, dlq=None, retention=None),
 }
+# queue: its patterns (cl_sub_b and cl_sub_c are matched twice by cl.eu.order)
+SUBSCRIPTIONS = {
+    'cl_sub_a': ['cl.#'],
+    'cl_sub_b': ['cl.*.order', 'cl.eu.order'],
+    'cl_sub_c': ['*.eu.*', 'cl.eu.#'],
+}
+# cl.eu.order reaches the 3 queues, cl.us.order 2, cl.eu.audit 2, zz.none none
+TOPICS = ['cl.eu.order'] * 8 + ['cl.us.order', 'cl.eu.audit', 'zz.none']
 PRODUCE_TO = ['cl_plain', 'cl_plain', 'cl_dlq', 'cl_ttl']
-CONSUME_FROM = ['cl_plain', 'cl_dlq', 'cl_ttl', 'cl_dead']
+# what a producer does in a step, by weight
+ACTIONS = ['plain'] * 4 + ['group'] * 3 + ['job'] * 2 + ['pub'] * 2
+CONSUME_FROM = ['cl_plain', 'cl_dlq', 'cl_ttl', 'cl_dead', 'cl_group', 'cl_group',
+                'cl_job', 'cl_sub_a', 'cl_sub_b', 'cl_sub_c']
 ROLES = ['txn', 'lease', 'lazy', 'mixed']
+GROUPS = [f'g{i:02d}' for i in range(30)]          # of cl_group
+PUB_GROUPS = [f'pg{i}' for i in range(8)]           # of the published messages
+JOB_QUEUE = 'cl_job'
+DEDUP_WINDOW = 10.0                                 # s, --dedup-window
 
 DEQ = ("SELECT id, payload->>'k', delivery_count,"
        " extract(epoch FROM lease_until)::float8, receipt"
        " FROM broker.dequeue(%s, %s, wait => make_interval(secs => %s))")
 
 
-def setup(dsn):
-    """Creates the queues of QUEUES (dead-letter queues first)."""
+def topic_matches(pattern, topic):
+    """AMQP-style match: * is one word, # is zero or more words."""
+    p, t = pattern.split('.'), topic.split('.')
+
+    def m(i, j):
+        if i == len(p):
+            return j == len(t)
+        if p[i] == '#':
+            return any(m(i + 1, k) for k in range(j, len(t) + 1))
+        return j < len(t) and (p[i] == '*' or p[i] == t[j]) and m(i + 1, j + 1)
+    return m(0, 0)
+
+
+def subscribers(topic):
+    """The queues a publish to topic reaches."""
+    return sorted(q for q, pats in SUBSCRIPTIONS.items()
+                  if any(topic_matches(p, topic) for p in pats))
+
+
+def setup(dsn, window):
+    """Creates the queues of QUEUES (dead-letter queues first) and the
+    subscriptions."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for name in sorted(QUEUES, key=lambda n: QUEUES[n][3] is not None):
-            lease, ttl, maxd, dlq = QUEUES[name]
+        for name in sorted(QUEUES, key=lambda n: QUEUES[n]['dlq'] is not None):
+            s = QUEUES[name]
             conn.execute(
                 "SELECT broker.create_queue(%s, lease => make_interval(secs => %s),"
                 " default_ttl => make_interval(secs => %s), max_deliveries => %s,"
-                " dead_letter_queue => %s, if_not_exists => true)",
-                (name, lease, ttl, maxd, dlq))
+                " dead_letter_queue => %s, if_not_exists => true,"
+                " dedup_window => make_interval(secs => %s),"
+                " retention => make_interval(secs => %s))",
+                (name, s['lease'], s['ttl'], s['maxd'], s['dlq'], window, s['retention']))
+        for q, pats in SUBSCRIPTIONS.items():
+            for p in pats:
+                conn.execute("SELECT broker.subscribe(%s, %s)", (q, p))
 
 
 class Lost(Exception):
@@ -129,8 +204,11 @@ class Client:
             self.recover()
             raise Lost() from e
 
-    def commit(self):
-        """Commits; True when the server confirmed, False when in doubt."""
+    def commit(self, pause=0):
+        """Commits (after a pause of the client: a COMMIT that a crash may
+        find in flight); True when the server confirmed, False when in doubt."""
+        if pause:
+            time.sleep(pause)
         try:
             self.conn.commit()
             return True
@@ -171,40 +249,133 @@ class Client:
 
 
 class Producer(Client):
-    """Enqueues single messages and batches, some with a ttl or a delay."""
+    """Enqueues single messages and batches (some with a ttl, a delay, a
+    priority, group keys), publishes, and retries calls with dedup keys."""
 
     def __init__(self, *args, long_delays):
         super().__init__(*args)
         self.long_delays = long_delays
+        self.retries = []          # [due time, call, attempt]: calls to retry
 
-    def step(self):
+    def keys(self, n, tag=''):
+        ks = [f'{self.run}:{self.name}-{tag}{self.seq + i}' for i in range(n)]
+        self.seq += n
+        return ks
+
+    def timing(self, long_ok=True):
+        """A ttl and a delay for a new call."""
         r = self.rnd
-        q = r.choice(PRODUCE_TO)
-        n = 1 if r.random() < 0.6 else r.randint(2, 8)
         ttl = round(r.uniform(0.3, 4), 2) if r.random() < 0.2 else None
         x = r.random()
         # long delays outlive a turn of the segments: moved at rotation
         delay = round(r.uniform(0.1, 2), 2) if x < 0.1 else \
-            round(r.uniform(*self.long_delays), 2) if x < 0.15 else None
-        keys = [f'{self.run}:{self.name}-{self.seq + i}' for i in range(n)]
-        self.seq += n
-        payloads = [json.dumps({'k': k}) for k in keys]
-        if n == 1:
+            round(r.uniform(*self.long_delays), 2) if x < 0.15 and long_ok else None
+        return ttl, delay
+
+    def new_call(self):
+        """A new call: a dict that do_call runs (and reruns, for a retry)."""
+        r = self.rnd
+        action = r.choice(ACTIONS)
+        n = 1 if r.random() < 0.6 else r.randint(2, 8)
+        if action == 'pub':
+            ttl = round(r.uniform(2, 6), 2) if r.random() < 0.1 else None
+            delay = round(r.uniform(0.1, 1.5), 2) if r.random() < 0.1 else None
+            return dict(kind='pub', topic=r.choice(TOPICS), keys=self.keys(1, 'pub'),
+                        ttl=ttl, delay=delay,
+                        pri=r.randint(1, 9) if r.random() < 0.2 else 0,
+                        groups=[r.choice(PUB_GROUPS) if r.random() < 0.3 else None],
+                        dk=r.random() < 0.5)
+        if action == 'group':
+            ttl = round(r.uniform(1, 6), 2) if r.random() < 0.1 else None
+            delay = round(r.uniform(0.1, 2), 2) if r.random() < 0.05 else None
+            return dict(kind='enq', q='cl_group', keys=self.keys(n), ttl=ttl, delay=delay,
+                        pri=r.randint(0, 9) if r.random() < 0.3 else 0,
+                        groups=[r.choice(GROUPS) if r.random() < 0.9 else None
+                                for _ in range(n)],
+                        dk=False)
+        if action == 'job':
+            ttl = round(r.uniform(1, 5), 2) if r.random() < 0.1 else None
+            return dict(kind='enq', q=JOB_QUEUE, keys=self.keys(n), ttl=ttl, delay=None,
+                        pri=0, groups=[None] * n, dk=False)
+        q = r.choice(PRODUCE_TO)
+        ttl, delay = self.timing()
+        return dict(kind='enq', q=q, keys=self.keys(n), ttl=ttl, delay=delay,
+                    pri=r.randint(1, 9) if q == 'cl_plain' and r.random() < 0.3 else 0,
+                    groups=[None] * n,
+                    dk=q == 'cl_plain' and r.random() < 0.4)
+
+    def do_call(self, c, attempt):
+        """Runs one call in a transaction of its own and logs it."""
+        r = self.rnd
+        payloads = [json.dumps({'k': k}) for k in c['keys']]
+        dks = c['keys'] if c['dk'] else None
+        grouped = any(g is not None for g in c['groups'])
+        sent = time.time()
+        if c['kind'] == 'pub':
+            rows = self.sql(
+                "SELECT broker.publish(%s, %s::jsonb, delay => make_interval(secs => %s),"
+                " ttl => make_interval(secs => %s), group_key => %s, dedup_key => %s,"
+                " priority => %s)",
+                (c['topic'], payloads[0], c['delay'], c['ttl'], c['groups'][0],
+                 dks[0] if dks else None, c['pri']))
+        elif len(payloads) == 1:
             rows = self.sql(
                 "SELECT broker.enqueue(%s, %s::jsonb, delay => make_interval(secs => %s),"
-                " ttl => make_interval(secs => %s))", (q, payloads[0], delay, ttl))
+                " ttl => make_interval(secs => %s), group_key => %s, dedup_key => %s,"
+                " priority => %s)",
+                (c['q'], payloads[0], c['delay'], c['ttl'], c['groups'][0],
+                 dks[0] if dks else None, c['pri']))
         else:
             rows = self.sql(
                 "SELECT * FROM broker.enqueue_batch(%s, %s::text[]::jsonb[],"
-                " delay => make_interval(secs => %s), ttl => make_interval(secs => %s))",
-                (q, payloads, delay, ttl))
-        ids = [row[0] for row in rows]
-        ok = self.commit()
+                " delay => make_interval(secs => %s), ttl => make_interval(secs => %s),"
+                " group_keys => %s, dedup_keys => %s, priority => %s)",
+                (c['q'], payloads, c['delay'], c['ttl'], c['groups'] if grouped else None,
+                 dks, c['pri']))
+        # calls with a dedup key wait now and then before COMMIT
+        ok = self.commit(pause=r.uniform(0.05, 0.3) if c['dk'] and r.random() < 0.3 else 0)
         t = time.time()
-        self.write([{'op': 'enq', 'doubt': not ok, 'q': q, 'id': i, 'k': k,
-                     'ttl': ttl, 'delay': delay, 't': t}
-                    for i, k in zip(ids, keys)])
-        self.count('enqueued' if ok else 'enqueued_in_doubt', n)
+        common = {'doubt': not ok, 'ttl': c['ttl'], 'delay': c['delay'], 'pri': c['pri'],
+                  'dk': c['dk'], 'try': attempt, 'sent': sent, 't': t}
+        if c['kind'] == 'pub':
+            recs = [dict(op='pub', topic=c['topic'], k=c['keys'][0], n=rows[0][0],
+                         g=c['groups'][0], **common)]
+        else:
+            recs = [dict(op='enq', q=c['q'], id=row[0], k=k, g=g, **common)
+                    for row, k, g in zip(rows, c['keys'], c['groups'])]
+        self.write(recs)
+        what = 'published' if c['kind'] == 'pub' else 'enqueued'
+        self.count(what if ok else what + '_in_doubt', len(recs))
+        if attempt:
+            self.count('retries')
+        return ok
+
+    def step(self):
+        r = self.rnd
+        now = time.time()
+        due = [x for x in self.retries if x[0] <= now]
+        if due:
+            x = min(due, key=lambda x: x[0])
+            self.retries.remove(x)
+            _, c, attempt = x
+        else:
+            c, attempt = self.new_call(), 0
+        try:
+            ok = self.do_call(c, attempt)
+        except Lost:
+            # rolled back (the COMMIT was not sent): a call with a dedup
+            # key is retried as it would be by an application
+            if c['dk'] and attempt < 8:
+                self.retries.append([0, c, attempt + 1])
+            raise
+        if c['dk'] and attempt < 8:
+            if not ok:
+                self.retries.append([0, c, attempt + 1])     # in doubt: at once
+            elif r.random() < 0.35:                        # within the window
+                self.retries.append([time.time() + r.uniform(0.1, 3), c, attempt + 1])
+            elif r.random() < 0.08:                        # after it
+                self.retries.append([time.time() + DEDUP_WINDOW + r.uniform(2, 5), c,
+                                     attempt + 1])
         time.sleep(r.uniform(0.04, 0.1))
 
 
@@ -239,16 +410,38 @@ class Consumer(Client):
             raise Lost()
         return dl
 
+    def how(self, q):
+        """How to remove a message of q: delete, complete or fail."""
+        if q != JOB_QUEUE:
+            return 'delete'
+        x = self.rnd.random()
+        return 'complete' if x < 0.6 else 'fail' if x < 0.85 else 'delete'
+
+    def remove(self, d, how):
+        """Runs delete, complete or fail of one delivery in the open
+        transaction; returns (what the server said, the result given, sent)."""
+        sent = time.time()
+        if how == 'delete':
+            rows = self.sql("SELECT broker.delete(%s, %s, %s)", (d['q'], d['id'], d['rcpt']))
+            return bool(rows[0][0]), None, sent
+        res = {'r' if how == 'complete' else 'e': f"{d['k']}/{d['rcpt']}/{self.name}"}
+        rows = self.sql(f"SELECT broker.{how}(%s, %s, %s, %s::jsonb)",
+                        (d['q'], d['id'], d['rcpt'], json.dumps(res)))
+        return bool(rows[0][0]), res, sent
+
     def delete(self, d):
-        """Deletes one delivered message with its receipt."""
-        rows = self.sql("SELECT broker.delete(%s, %s, %s)", (d['q'], d['id'], d['rcpt']))
-        ok = self.commit()
+        """Removes one delivered message with its receipt."""
+        how = self.how(d['q'])
+        ok_srv, res, sent = self.remove(d, how)
+        ok = self.commit(pause=self.rnd.uniform(0.05, 0.3)
+                         if how != 'delete' and self.rnd.random() < 0.15 else 0)
         self.write([{'op': 'del', 'doubt': not ok, 'q': d['q'], 'id': d['id'],
-                     'k': d['k'], 'rcpt': d['rcpt'], 'dc': d['dc'],
-                     'ok': bool(rows[0][0]), 't': time.time()}])
+                     'k': d['k'], 'rcpt': d['rcpt'], 'dc': d['dc'], 'ok': ok_srv,
+                     'how': how, 'res': res, 'sent': sent, 't': time.time()}])
         if not ok:
             raise Lost()
-        self.count('deleted' if rows[0][0] else 'stale_deletes')
+        self.count({'delete': 'deleted', 'complete': 'completed', 'fail': 'failed'}[how]
+                   if ok_srv else 'stale_removals')
 
     def extend(self, d, secs):
         """Extends the lease of one delivery."""
@@ -275,33 +468,42 @@ class Consumer(Client):
         self.count('released')
 
     def in_one(self, q, n, wait):
-        """Dequeue and delete in one transaction."""
+        """Dequeue and remove in one transaction."""
         dl = self.dequeue(q, n, wait)
         if not dl:
             if not self.commit():
                 raise Lost()
             return False
-        rows = self.sql("SELECT * FROM broker.delete(%s, %s::bigint[])",
-                        (q, [d['id'] for d in dl]))
-        gone = {row[0] for row in rows}
-        ok = self.commit()
+        removed = []                     # (delivery, ok, how, res, sent)
+        if q == JOB_QUEUE:
+            for d in dl:
+                how = self.how(q)
+                removed.append((d, how) + self.remove(d, how))
+        else:
+            sent = time.time()
+            rows = self.sql("SELECT * FROM broker.delete(%s, %s::bigint[])",
+                            (q, [d['id'] for d in dl]))
+            gone = {row[0] for row in rows}
+            removed = [(d, 'delete', d['id'] in gone, None, sent) for d in dl]
+        ok = self.commit(pause=self.rnd.uniform(0.05, 0.3)
+                         if q == JOB_QUEUE and self.rnd.random() < 0.15 else 0)
         t = time.time()
         recs = []
-        for d in dl:
+        for d, how, ok_srv, res, sent in removed:
             d['doubt'] = not ok
             recs.append(d)
             recs.append({'op': 'del', 'doubt': not ok, 'q': q, 'id': d['id'],
-                         'k': d['k'], 'rcpt': d['rcpt'], 'dc': d['dc'],
-                         'ok': d['id'] in gone, 't': t})
+                         'k': d['k'], 'rcpt': d['rcpt'], 'dc': d['dc'], 'ok': ok_srv,
+                         'how': how, 'res': res, 'sent': sent, 't': t})
         self.write(recs)
         if not ok:
             raise Lost()
         self.count('delivered', len(dl))
-        self.count('deleted', len(gone))
+        self.count('removed', sum(1 for x in removed if x[2]))
         return True
 
     def leased(self, q, n, wait, lazy):
-        """Dequeue (commit), then delete, extend, release or abandon each."""
+        """Dequeue (commit), then remove, extend, release or abandon each."""
         dl = self.take(q, n, wait)
         r = self.rnd
         for d in dl:
@@ -338,8 +540,10 @@ class Consumer(Client):
             time.sleep(0.05)
 
 
-def work(kind, name, dsn, logdir, stop, run, arg):
+def work(kind, name, dsn, logdir, stop, run, arg, window):
     """Body of one worker process."""
+    global DEDUP_WINDOW
+    DEDUP_WINDOW = window
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if kind == 'p':
@@ -354,17 +558,22 @@ def work(kind, name, dsn, logdir, stop, run, arg):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--dsn', default='')
-    ap.add_argument('--setup', action='store_true', help='create the queues and exit')
+    ap.add_argument('--setup', action='store_true',
+                    help='create the queues and subscriptions and exit')
     ap.add_argument('--logdir')
     ap.add_argument('--producers', type=int, default=3)
-    ap.add_argument('--consumers', type=int, default=4)
+    ap.add_argument('--consumers', type=int, default=6)
     ap.add_argument('--seconds', type=float, default=0, help='0: until SIGTERM')
     ap.add_argument('--long-delays', default='5-15', metavar='A-B',
                     help='the range of the long delays, in seconds')
+    ap.add_argument('--dedup-window', type=float, default=DEDUP_WINDOW,
+                    help='the dedup_window of the queues (--setup), in seconds: the'
+                    ' producers retry some calls after it (check.py reads it from'
+                    ' broker.queues)')
     a = ap.parse_args()
     long_delays = tuple(float(x) for x in a.long_delays.split('-'))
     if a.setup:
-        setup(a.dsn)
+        setup(a.dsn, a.dedup_window)
         return 0
     if not a.logdir:
         ap.error('--logdir is needed')
@@ -374,11 +583,11 @@ def main():
     procs = []
     for i in range(a.producers):
         procs.append(mp.Process(target=work, args=('p', f'p{i}', a.dsn, a.logdir, stop, run,
-                                                   long_delays)))
+                                                   long_delays, a.dedup_window)))
     for i in range(a.consumers):
         role = ROLES[i % len(ROLES)]
         procs.append(mp.Process(target=work, args=('c', f'c{i}-{role}', a.dsn, a.logdir,
-                                                   stop, run, role)))
+                                                   stop, run, role, a.dedup_window)))
     # The handler only sets a flag: setting the Event there could deadlock
     # on the Event's lock if the signal came while this process held it.
     signalled = []

@@ -1,20 +1,30 @@
 # 013_crash_loop.pl: a short crash loop (test/crash/README.md).
 #
-# test/crash/load.py runs a mixed load (producers with enqueue and
-# enqueue_batch, ttl and delay; consumers that delete in the dequeuing
-# transaction or later with the receipt, extend, release, or leave leases
-# to run out) on queues with short leases, a dead-letter queue and a
-# default ttl, with broker.segment_size = 200 so that segments rotate.
+# test/crash/load.py runs a mixed load (producers with enqueue,
+# enqueue_batch and publish, ttl, delay and priorities, group keys into a
+# queue of ordered groups, dedup keys on some calls, retried after a crash
+# and now and then after a confirmed COMMIT; consumers that remove in the
+# dequeuing transaction or later with the receipt, extend, release, or
+# leave leases to run out, and complete or fail the messages of a queue
+# with a retention) on queues with short leases, dead-letter queues, a
+# default ttl, a 10 s dedup window and three queues subscribed to the
+# topics, with broker.segment_size = 200 so that segments rotate.
 # Meanwhile the server is crashed five times: three kill -9 of the
 # postmaster (and of every process left of it) followed by a start, one
 # kill -9 of a client backend in broker.dequeue and one of a broker
 # background worker (after which the postmaster restarts every backend).
-# Before each crash, and twice after the last one, check.py --probe checks
-# under load that the gauges match the rows and that no message is below
-# its queue's low-water mark.  Then test/crash/check.py proves from the
-# clients' logs that no committed message was lost, no deleted one came
-# back, no message was held under two valid leases, no ready message is
-# stuck and the gauges of broker.metrics() match the rows.
+# Before each crash, and twice after the last one, check.py checks under
+# load that the gauges match the rows, that no message is below its
+# queue's low-water mark, that every message waiting in an ordered group
+# has a head, and that no message is both queued and recorded.  Then
+# test/crash/check.py proves from the clients' logs that no committed
+# message was lost, no removed one came back, no message was held under two
+# valid leases, no ready message is stuck, the gauges of broker.metrics()
+# match the rows, groups were delivered one message at a time in id order,
+# no dedup key was stored twice within its window and every retry got the
+# stored id back, every publish put a copy into each subscribed queue or
+# none, every complete and fail left its record (broker.status), and
+# dequeue returned higher priorities first.
 #
 # Needs /usr/bin/python3 with psycopg 3 (Debian: python3-psycopg); skipped
 # without it.
@@ -134,16 +144,28 @@ sub crash_one
 	return "$what $pid";
 }
 
-# check.py --probe: the gauges and the low-water marks, under load; what
-# it finds goes to $logdir/probe.jsonl and into the final check.
+# check.py --probe-loop: one process that probes (the gauges, the
+# low-water marks, the groups' heads, the records) each time it reads a
+# line, under load; what it finds goes to $logdir/probe.jsonl and into the
+# final check.
+my ($probe_in, $probe_out, $probe_err) = ('', '', '');
+my $probe_timer = IPC::Run::timeout(120);
+my $prober = IPC::Run::start(
+	[
+		$python, "$dir/check.py", '--probe-loop', '--dsn', $dsn,
+		'--logdir', $logdir
+	],
+	'<', \$probe_in, '>', \$probe_out, '2>', \$probe_err, $probe_timer);
+
 sub probe
 {
 	my ($when) = @_;
-	my ($out, $err) = ('', '');
-	IPC::Run::run(
-		[ $python, "$dir/check.py", '--probe', '--dsn', $dsn, '--logdir', $logdir ],
-		'>', \$out, '2>', \$err)
-	  or diag "probe $when:\n$out$err";
+	$probe_out = '';
+	$probe_in .= "probe\n";
+	$probe_timer->start(120);
+	$prober->pump until $probe_out =~ /^probe done (-?\d+)$/m;
+	diag "probe $when:\n$probe_out$probe_err" if $1 ne '0';
+	$probe_err = '';
 }
 
 my ($load_out, $load_err) = ('', '');
@@ -187,6 +209,9 @@ for (1 .. 2)
 $load->signal('TERM');
 $load->finish;
 note $load_err;
+$probe_in .= "quit\n";
+$probe_timer->start(60);
+$prober->finish;
 
 my ($out, $err) = ('', '');
 my $checked = IPC::Run::run(
@@ -200,10 +225,22 @@ diag $err if $err ne '';
 ok($checked, 'check.py found no violation') or diag $out;
 like(
 	$out,
-	qr/^crash loop: 5 crashes, \d+ messages checked, 0 lost, 0 back, 0 double, 0 stuck, 0 gauge mismatches$/m,
-	'summary: 0 lost, 0 back, 0 double, 0 stuck, 0 gauge mismatches');
+	qr/^crash loop: 5 crashes, \d+ messages checked, 0 lost, 0 back, 0 double, 0 stuck, 0 gauge mismatches, 0 group, 0 dedup, 0 publish, 0 records, 0 priority$/m,
+	'summary: 0 lost, 0 back, 0 double, 0 stuck, 0 gauge mismatches, 0 group, 0 dedup, 0 publish, 0 records, 0 priority'
+);
 my ($n) = $out =~ /(\d+) messages checked/;
 cmp_ok($n // 0, '>=', 300, 'the load produced enough messages to check');
+# The new parts were exercised: ordered groups, dedup retries that got the
+# stored id back, publishes, and job records of completes and fails.
+my @covered = $out =~
+  /^covered: (\d+) group deliveries, (\d+) dedup hits, (\d+) publishes, (\d+) done, (\d+) failed$/m;
+is(scalar(@covered), 5, 'check.py says what the load covered');
+my @what = ('group deliveries', 'dedup hits', 'publishes', 'done records',
+	'failed records');
+for my $i (0 .. $#what)
+{
+	cmp_ok($covered[$i] // 0, '>', 0, "the load covered $what[$i]");
+}
 
 $node->stop;
 
