@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What pinning search_path costs broker's hot path (issue 7): every
-# SECURITY DEFINER function has SET search_path = pg_catalog, pg_temp, so
+# broker function has SET search_path = pg_catalog, pg_temp, so
 # each call saves, sets and restores one setting.  Measured side by side on
 # one throw-away cluster, as CPU per call in one session (no commit, no
 # fsync: the cost added is CPU, and timing many calls in one statement
@@ -26,7 +26,7 @@ as_pg psql -X -q -c "CREATE EXTENSION broker" -c "SELECT broker.create_queue('be
 
 pin() {
     local f
-    for f in 'broker.enqueue(text, jsonb, interval, interval, jsonb)' \
+    for f in 'broker.enqueue(text, jsonb, interval, interval, jsonb, text, text, integer)' \
              'broker.dequeue(text, integer, interval, interval)' \
              'broker.delete(text, bigint, bigint)'; do
         if [ "$1" = on ]; then
