@@ -31,6 +31,12 @@ ensure_deps() {
     /usr/bin/python3 -c 'import psycopg' 2>/dev/null || missing+=(python3-psycopg)
     # for the PGMQ interface's real client (pgmq-js, 023)
     command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
+    # for the examples (026): the data processor in C (libpq-dev and build-essential are above)
+    pkg-config --exists libmicrohttpd json-c 2>/dev/null ||
+        missing+=(pkg-config libmicrohttpd-dev libjson-c-dev)
+    # for the Prometheus test (027): the exporter, and promtool (in the package prometheus)
+    [ -x /usr/bin/prometheus-postgres-exporter ] || missing+=(prometheus-postgres-exporter)
+    command -v promtool >/dev/null || [ -x /usr/bin/promtool ] || missing+=(prometheus)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         as_root apt-get update -qq
