@@ -31,6 +31,9 @@ ensure_deps() {
     /usr/bin/python3 -c 'import psycopg' 2>/dev/null || missing+=(python3-psycopg)
     # for the PGMQ interface's real client (pgmq-js, 023)
     command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
+    # for broker_proxy, the scale-out proxy (proxy/, 025): PL/Proxy.  Before
+    # make_private_install, which links the system's lib and share files.
+    [ -f /usr/share/postgresql/15/extension/plproxy.control ] || missing+=(postgresql-15-plproxy)
     # for the examples (026): the data processor in C (libpq-dev and build-essential are above)
     pkg-config --exists libmicrohttpd json-c 2>/dev/null ||
         missing+=(pkg-config libmicrohttpd-dev libjson-c-dev)
@@ -115,6 +118,8 @@ build_install() {
     as_pg make -C "$tree" -s PG_CONFIG="$PG_CONFIG" clean >/dev/null &&
     as_pg make -C "$tree" -s PG_CONFIG="$PG_CONFIG" ${cflags:+PG_CFLAGS="$cflags"} >/dev/null &&
     as_pg make -C "$tree" -s PG_CONFIG="$PG_CONFIG" install >/dev/null &&
+    as_pg make -C "$tree/proxy" -s PG_CONFIG="$PG_CONFIG" clean >/dev/null &&
+    as_pg make -C "$tree/proxy" -s PG_CONFIG="$PG_CONFIG" ${cflags:+PG_CFLAGS="$cflags"} install >/dev/null &&
     as_pg make -C "$tree" -s PG_CONFIG="$PG_CONFIG" check-version
 }
 
