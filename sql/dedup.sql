@@ -113,4 +113,20 @@ SELECT count(*) <= 2 * 256 AS bounded FROM pg_locks WHERE locktype = 'advisory' 
 COMMIT;
 SELECT total FROM broker.metrics('dq_src');
 
+-- expired, or dropped at max_deliveries without a dead-letter queue: the
+-- key still answers with the first message's id, and nothing is stored
+SELECT broker.create_queue('dq_gone', lease => '1 hour', max_deliveries => 1);
+CREATE TEMP TABLE gone AS
+SELECT 'expired' AS k, broker.enqueue('dq_gone', '{"n": "e"}', ttl => '1 millisecond', dedup_key => 'expired') AS id
+UNION ALL
+SELECT 'dropped', broker.enqueue('dq_gone', '{"n": "m"}', dedup_key => 'dropped');
+SELECT regress.wait_expired('dq_gone');
+SELECT count(*) FROM broker.dequeue('dq_gone', 10, '1 millisecond');
+SELECT regress.wait_due('dq_gone');
+SELECT count(*) FROM broker.dequeue('dq_gone', 10);
+SELECT g.k, broker.enqueue('dq_gone', '{}', dedup_key => g.k) = g.id AS same_id
+  FROM gone g ORDER BY g.k;
+SELECT total, enqueued_total FROM broker.metrics('dq_gone');
+SELECT broker.drop_queue('dq_gone');
+
 SELECT broker.drop_queue(q) FROM unnest(ARRAY['dq', 'dq_short', 'dq_src', 'dq_dead']) q;

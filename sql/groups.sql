@@ -152,3 +152,29 @@ SELECT broker.enqueue('gq2', '{"n": "other-queue"}', group_key => 'x') > 0 AS ok
 SELECT pg_temp.take('gq2', 10);
 SELECT broker.drop_queue('gq2');
 SELECT broker.drop_queue('gq');
+
+-- the head hands on however it leaves: complete, fail (a queue with
+-- retention), and a drop at max_deliveries without a dead-letter queue
+SELECT broker.create_queue('gq_jobs', retention => '1 hour');
+SELECT count(broker.enqueue('gq_jobs', jsonb_build_object('n', 'j' || g), group_key => 'j'))
+  FROM generate_series(1, 3) g;
+SELECT bool_and(broker.complete('gq_jobs', d.id, d.receipt, '{"ok": true}')) AS completed,
+       count(*) AS taken
+  FROM broker.dequeue('gq_jobs', 10) d;
+SELECT bool_and(broker.fail('gq_jobs', d.id, d.receipt, '{"error": "x"}')) AS failed,
+       string_agg(d.payload->>'n', ' ') AS taken
+  FROM broker.dequeue('gq_jobs', 10) d;
+SELECT pg_temp.take('gq_jobs', 10);
+SELECT broker.drop_queue('gq_jobs');
+
+SELECT broker.create_queue('gq_max', lease => '1 hour', max_deliveries => 1);
+SELECT count(broker.enqueue('gq_max', jsonb_build_object('n', 'm' || g), group_key => 'm'))
+  FROM generate_series(1, 2) g;
+SELECT pg_temp.take('gq_max', 10, '1 millisecond');
+SELECT regress.wait_due('gq_max');
+-- m1 is dropped by the next dequeue; m2 comes in that call or the next
+CREATE TEMP TABLE gm AS SELECT payload->>'n' AS n FROM broker.dequeue('gq_max', 10);
+INSERT INTO gm SELECT payload->>'n' FROM broker.dequeue('gq_max', 10);
+SELECT string_agg(n, ' ' ORDER BY n) FROM gm;
+SELECT total FROM broker.metrics('gq_max');
+SELECT broker.drop_queue('gq_max');

@@ -68,7 +68,8 @@ SELECT * FROM pg_temp.st('jq', pg_temp.id('deleted'));
 INSERT INTO ids VALUES ('many1', broker.enqueue('jq', '{"job": "many1"}'));
 INSERT INTO ids VALUES ('many2', broker.enqueue('jq', '{"job": "many2"}'));
 SELECT count(*) FROM broker.delete('jq', ARRAY[pg_temp.id('many1'), pg_temp.id('many2')]);
-SELECT id = pg_temp.id('many1') OR id = pg_temp.id('many2') AS mine, state
+-- in id order, whatever the order asked
+SELECT CASE id WHEN pg_temp.id('many1') THEN 'many1' WHEN pg_temp.id('many2') THEN 'many2' END AS which, state
   FROM broker.status('jq', ARRAY[pg_temp.id('many2'), pg_temp.id('many1'), -5]);
 
 -- expired messages removed by expiry: expired, finished at their expires_at
