@@ -99,7 +99,7 @@ out=$(mktemp)
     --standby-dsn "host=$STANDBY_DIR port=$STANDBY_PORT user=postgres dbname=postgres" \
     ${extra[@]+"${extra[@]}"} | tee "$out"
 rc=${PIPESTATUS[0]}
-line=$(grep '^hostile: [0-9]* calls' "$out" | tail -1)
+line=$(grep -a '^hostile: [0-9]* calls' "$out" | tail -1)
 rm -f "$out"
 if [ -z "$line" ]; then
     echo "hostile.py ended without a summary (exit $rc); server log tail:"
