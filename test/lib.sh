@@ -118,8 +118,10 @@ build_install() {
     as_pg make -C "$tree" -s PG_CONFIG="$PG_CONFIG" clean >/dev/null &&
     as_pg make -C "$tree" -s PG_CONFIG="$PG_CONFIG" ${cflags:+PG_CFLAGS="$cflags"} >/dev/null &&
     as_pg make -C "$tree" -s PG_CONFIG="$PG_CONFIG" install >/dev/null &&
-    as_pg make -C "$tree/proxy" -s PG_CONFIG="$PG_CONFIG" clean >/dev/null &&
-    as_pg make -C "$tree/proxy" -s PG_CONFIG="$PG_CONFIG" ${cflags:+PG_CFLAGS="$cflags"} install >/dev/null &&
+    # broker_proxy (proxy/), where the tree has it (compare.sh builds older revisions)
+    { [ ! -d "$tree/proxy" ] ||
+      { as_pg make -C "$tree/proxy" -s PG_CONFIG="$PG_CONFIG" clean >/dev/null &&
+        as_pg make -C "$tree/proxy" -s PG_CONFIG="$PG_CONFIG" ${cflags:+PG_CFLAGS="$cflags"} install >/dev/null; }; } &&
     as_pg make -C "$tree" -s PG_CONFIG="$PG_CONFIG" check-version
 }
 
