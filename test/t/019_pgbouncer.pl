@@ -52,6 +52,8 @@
 #     and no longer counts as a waiter or keeps time;
 #  9. DROP/CREATE EXTENSION by another client: a pooled backend that used
 #     the old installation uses the new one.
+# 10. a client's committed enqueue is there for its next dequeue on another
+#     backend, while segments rotate (10,000 cycles).
 use strict;
 use warnings;
 
@@ -732,6 +734,44 @@ SELECT pg_backend_pid();
 }),
 	"t\n1|t\n$pid_e",
 	'DROP/CREATE EXTENSION by another client: the pooled backend uses the new installation');
+
+# --- 10. a client's committed enqueue is there for its next dequeue -------------------
+# Seen through a pooler before the segment fixes: about 3 in 5,000 dequeues
+# returned nothing although the client's own enqueue had committed just
+# before and nothing else held the message.  Here two clients, each on a
+# queue of its own, enqueue (committed) and then dequeue and delete in the
+# next transaction, 5,000 times each, while a third client runs segment
+# maintenance with broker.segment_size = 200, so that segments rotate and
+# their stragglers move under the cycles; three clients on two server
+# connections, so the two transactions of a cycle often run on different
+# backends.  Every dequeue must find the message.
+$node->append_conf('postgresql.conf', 'broker.segment_size = 200');
+$node->reload;
+my $first_before = $node->safe_psql('postgres', q{
+SELECT broker.create_queue('cyc0'); SELECT broker.create_queue('cyc1');
+CREATE TABLE cyc_miss (client int, id bigint);
+SELECT max(first_id) FROM broker.maintain_segments()});
+my $cyc = start_pgbench('own enqueue, then dequeue (2 x 5,000 cycles)', 'duo', script(q{
+SELECT broker.enqueue('cyc' || :client_id, '{}') AS id \gset
+SELECT count(*) AS got FROM broker.dequeue('cyc' || :client_id, 1) d
+ WHERE broker.delete('cyc' || :client_id, d.id, d.receipt) \gset
+INSERT INTO cyc_miss SELECT :client_id, :id WHERE :got = 0;
+}), 2, 'pb_cyc', '-t', 5000);
+my $mnt = start_pgbench('segment maintenance beside them', 'duo', script(q{
+BEGIN;
+SET LOCAL broker.segment_size = 200;
+SELECT count(*) FROM broker.maintain_segments();
+COMMIT;
+}), 1, 'pb_maint', '-T', 8, '-R', 20);
+is(finish_pgbench($cyc), 10000, '10,000 cycles done');
+finish_pgbench($mnt);
+is( $node->safe_psql('postgres', q{
+SELECT (SELECT count(*) FROM cyc_miss) || ' missed, ' ||
+       (SELECT sum(total) FROM broker.metrics() WHERE queue IN ('cyc0', 'cyc1')) || ' left'}),
+	'0 missed, 0 left',
+	'every dequeue found the message its client had just enqueued (segments rotating)');
+cmp_ok($node->safe_psql('postgres', q{SELECT max(first_id) FROM broker.maintain_segments()}),
+	'>', $first_before, 'segments rotated during the cycles');
 
 # --- the end ---------------------------------------------------------------------------
 
