@@ -306,7 +306,13 @@ broker_reaper_main(Datum main_arg)
 		if (now >= next)
 		{
 			last_start = now;
-			if (!RecoveryInProgress())
+			/*
+			 * Not on a standby, and not while the server is read-only
+			 * (default_transaction_read_only: pg_auto_failover keeps a node
+			 * being promoted read-only until it is the primary, and every
+			 * pass would fail with 25006 meanwhile).
+			 */
+			if (!RecoveryInProgress() && !DefaultXactReadOnly)
 				reaper_pass_guarded(pass_cxt, now);
 			MemoryContextReset(pass_cxt);
 			next = TimestampTzPlusMilliseconds(last_start,

@@ -103,5 +103,22 @@ is( $standby->safe_psql(
 		q{SELECT state || ':' || removed_total FROM broker.health() WHERE database = 'postgres'}),
 	'idle:30', 'health() on the promoted node');
 
+# --- a read-only primary (pg_auto_failover keeps a node being promoted
+# read-only for a few seconds): the reaper waits, quietly ----------------------
+$standby->safe_psql('postgres', q{
+SELECT broker.enqueue('q', '{}', ttl => '100 ms') FROM generate_series(1, 5);
+ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf();});
+my $ro_from = -s $standby->logfile;
+sleep 2;
+is($standby->safe_psql('postgres', 'SELECT count(*) FROM broker.messages'),
+	'7', 'while the server is read-only the reaper removes nothing');
+is(log_errors($standby, $ro_from), '',
+	'and logs no error (it does not try)');
+$standby->safe_psql('postgres', q{
+SET default_transaction_read_only = off;
+ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf();});
+ok(poll($standby, 'postgres', 'SELECT count(*) FROM broker.messages', '2', 10),
+	'writable again: the reaper removes the expired messages');
+
 $standby->stop;
 done_testing();
