@@ -34,6 +34,11 @@ ensure_deps() {
     # for broker_proxy, the scale-out proxy (proxy/, 025): PL/Proxy.  Before
     # make_private_install, which links the system's lib and share files.
     [ -f /usr/share/postgresql/15/extension/plproxy.control ] || missing+=(postgresql-15-plproxy)
+    # for the failover test (024): pg_autoctl, and the pgautofailover
+    # extension of the monitor (before make_private_install links share/)
+    command -v pg_autoctl >/dev/null &&
+        [ -f /usr/share/postgresql/15/extension/pgautofailover.control ] ||
+        missing+=(postgresql-15-auto-failover)
     # for the examples (026): the data processor in C (libpq-dev and build-essential are above)
     pkg-config --exists libmicrohttpd json-c 2>/dev/null ||
         missing+=(pkg-config libmicrohttpd-dev libjson-c-dev)

@@ -37,6 +37,53 @@
  * server connection for the whole of a long-poll wait, use a pool of their
  * own (a separate database alias or user in the pooler).
  *
+ * Failover (--retry).  A client of a server that can fail over connects
+ * through a multi-host conninfo with target_session_attrs=read-write, and
+ * when its connection is lost, or the server it reaches is read-only (a
+ * standby, a primary being demoted: SQLSTATE 25006), or the server says it
+ * is going away (57P01..57P03, class 08), it connects again, with a backoff
+ * from 50 ms doubling to 1 s, and runs the call again; it gives up (an
+ * error) after --retry-timeout seconds, or at once when the run is
+ * abandoned.  A call whose connection was lost while it ran has an unknown
+ * outcome: it may have committed.  Then
+ *	- an enqueue is sent again with the same dedup key: every enqueue of a
+ *	  run with --retry carries the key "<run>-<producer>-<seq>" when the
+ *	  queue has deduplication (broker 0.2.0 and later: every queue has a
+ *	  dedup_window), so a retry of an enqueue that did commit stores nothing
+ *	  and returns the id it got (--no-dedup retries without keys, and a
+ *	  retry may then store the message twice: counted as "stored twice");
+ *	- a delete with a receipt is sent again; if the retry deletes nothing,
+ *	  the message was deleted by the lost attempt, or its lease ran out and
+ *	  it was delivered again (then the simulator sees that delivery): the
+ *	  delete's outcome is "unknown", and the message counts as consumed
+ *	  unless a later delivery shows up;
+ *	- a dequeue is sent again; a lease the lost attempt took runs out and
+ *	  the message is delivered again (at least once).
+ * Two more rules count as duplicates: a delivery of a message after a
+ * delete of it with a receipt was acknowledged ("after a delete"; a
+ * delete by id, with --batch > 1, does not check the receipt, so not
+ * there), and two different ids for one message ("stored twice").
+ *
+ * --record=FILE writes one line per event, as it happens (line-buffered),
+ * so a checker can verify the run against the server afterwards:
+ *	E <producer> <seq> <id> <ack_us> <attempts> <unknown>
+ *		an acknowledged enqueue (unknown = 1: an attempt had an unknown
+ *		outcome before the one acknowledged)
+ *	L <producer> <seq> <id> <delivery_count> <recv_us> <lease_until_us> <receipt>
+ *		a delivery received by a consumer (receipt "-" if none)
+ *	D <producer> <seq> <id> <delivery_count> <ack_us> <t|f|u> <attempts>
+ *		a delete of that delivery: t acknowledged, f stale (nothing
+ *		deleted), u unknown (a lost attempt, then nothing deleted)
+ *	O <worker> <call> <start_us> <end_us> <attempts> <unknown> <error>
+ *		an outage: the call failed first at start_us and succeeded at end_us
+ * Times are microseconds since the epoch (CLOCK_REALTIME).  Messages of
+ * other runs are not recorded.
+ *
+ * SIGINT or SIGTERM stops producing, as the end of --duration does (the
+ * run drains and reports); a second one abandons the run.  --consumers=0
+ * runs producers only: nothing is consumed, and losses are not checked
+ * (a checker reads the --record file and the queue).
+ *
  *-------------------------------------------------------------------------
  */
 #define _GNU_SOURCE
@@ -45,6 +92,7 @@
 #include <getopt.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -79,6 +127,10 @@
 	" FROM broker.dequeue($1::text, $2::int4, $3::interval, $4::interval)"
 #define SQL_DEL_ONE		"SELECT broker.delete($1::text, $2::int8, $3::int8)"
 #define SQL_DEL_MANY	"SELECT * FROM broker.delete($1::text, $2::int8[])"
+/* with --retry on a queue with deduplication: every enqueue has its key */
+#define SQL_ENQ_KEY		"SELECT broker.enqueue($1::text, $2::jsonb, dedup_key => $3::text)"
+#define SQL_ENQ_BATCH_KEY \
+	"SELECT * FROM broker.enqueue_batch($1::text, $2::jsonb[], dedup_keys => $3::text[])"
 
 /* A statement: prepared under its name, or sent whole with --pooler. */
 typedef struct Stmt
@@ -93,6 +145,8 @@ static const Stmt stmt_enq_batch = {"enq", SQL_ENQ_BATCH, 2};
 static const Stmt stmt_deq = {"deq", SQL_DEQ, 4};
 static const Stmt stmt_del_one = {"del", SQL_DEL_ONE, 3};
 static const Stmt stmt_del_many = {"del", SQL_DEL_MANY, 2};
+static const Stmt stmt_enq_key = {"enq", SQL_ENQ_KEY, 3};
+static const Stmt stmt_enq_batch_key = {"enq", SQL_ENQ_BATCH_KEY, 3};
 
 typedef struct SimOptions
 {
@@ -113,16 +167,27 @@ typedef struct SimOptions
 	bool		pooler;
 	bool		quiet;
 	bool		json;
+	bool		retry;			/* reconnect and retry (see the header) */
+	double		retry_timeout_s;
+	bool		no_dedup;		/* --retry without dedup keys */
+	const char *record;			/* event file, NULL: none */
 } SimOptions;
 
 /* What the simulator knows about one message of this run. */
 typedef struct MsgState
 {
+	int64_t		id;				/* its id (acknowledged or delivered), 0: none yet */
 	int64_t		recv_us;		/* receive time of latest recorded delivery */
 	int64_t		lease_until_us; /* its lease_until */
 	int32_t		dc;				/* its delivery_count */
+	int32_t		del_dc;			/* delivery_count of the first acknowledged
+								 * delete with a receipt, 0: none */
+	int32_t		unknown_dc;		/* delivery_count of a delivery whose delete
+								 * had an unknown outcome, 0: none */
 	uint8_t		seen;			/* a delivery was recorded */
 	uint8_t		committed;		/* the producer's enqueue committed */
+	uint8_t		done;			/* committed and gone: counted in n_done */
+	uint8_t		twice;			/* two ids were seen (counted once) */
 	uint16_t	deletes;		/* successful deletes */
 } MsgState;
 
@@ -161,12 +226,58 @@ typedef struct Worker
 	char		name[32];
 	Histogram	hist;			/* consumers: end-to-end latency */
 	Histogram	call_hist;		/* producers: time of each enqueue call */
+	bool		consumer;
+	unsigned int seed;			/* backoff jitter */
 } Worker;
+
+/*
+ * A worker's connection, and what it needs again after reconnecting: the
+ * statements to prepare (none with --pooler).
+ */
+typedef struct Session
+{
+	Worker	   *w;
+	const char *dsn;
+	PGconn	   *conn;
+	const Stmt *stmts[2];
+	int			nstmts;
+} Session;
+
+/* How a failed call is to be handled. */
+typedef enum FailKind
+{
+	FAIL_FATAL,					/* report it, the worker stops */
+	FAIL_RETRY,					/* the call did not commit: retry it */
+	FAIL_RETRY_UNKNOWN			/* it may have committed: retry it with care */
+} FailKind;
+
+/* Whether to try again. */
+typedef enum RetryState
+{
+	RETRY_GO,
+	RETRY_CANCELLED,			/* the run is abandoned, or over */
+	RETRY_TIMED_OUT				/* --retry-timeout has passed */
+} RetryState;
+
+/* The backoff of a call being retried. */
+typedef struct Backoff
+{
+	int64_t		delay_us;		/* next wait; 0: none yet */
+	int64_t		deadline_us;	/* CLOCK_MONOTONIC */
+} Backoff;
+
+/* Outcome of a delete, as far as the client can know. */
+typedef enum DelOutcome
+{
+	DEL_OK,						/* acknowledged: deleted */
+	DEL_STALE,					/* nothing deleted (receipt stale) */
+	DEL_UNKNOWN					/* a lost attempt, then nothing deleted */
+} DelOutcome;
 
 static SimOptions opts = {
 	.dsn = "", .queue = "sim", .producers = 4, .consumers = 4,
 	.payload_size = 100, .batch = 1, .lease_s = 30, .duration_s = 20,
-	.drain_timeout_s = 30,
+	.drain_timeout_s = 30, .retry_timeout_s = 60,
 };
 
 static char run_id[32];
@@ -176,7 +287,20 @@ static atomic_bool stop_producing, stop_consuming;
 static atomic_int producers_running;
 static _Atomic int64_t n_produced, n_consumed, n_double_deletes, n_overlaps,
 			n_stale, n_foreign, n_errors;
+/* committed messages that are gone (deleted, or deleted by a lost call) */
+static _Atomic int64_t n_done;
+/* duplicates found by the rules of --retry (see the header) */
+static _Atomic int64_t n_twice, n_after_delete;
+/* --retry: calls retried, reconnections, calls with an unknown outcome */
+static _Atomic int64_t n_retries, n_reconnects, n_enq_unknown, n_del_unknown,
+			n_enq_abandoned;
+/* --retry: longest outage of any worker and of a producer, in us */
+static _Atomic int64_t max_outage_us, max_write_outage_us;
+static volatile sig_atomic_t n_signals;	/* SIGINT/SIGTERM received */
+static bool use_dedup;			/* --retry, and the queue deduplicates */
+static FILE *record_file;
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t record_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool progress_open;		/* a progress line without newline is shown */
 
 /* Print the usage text. */
@@ -191,7 +315,7 @@ usage(void)
 		  "      --consumer-dsn=CONNINFO connection string of the consumers (default: --dsn)\n"
 		  "  -q, --queue=NAME            queue to use (default sim)\n"
 		  "  -p, --producers=N           producer threads (default 4)\n"
-		  "  -c, --consumers=N           consumer threads (default 4)\n"
+		  "  -c, --consumers=N           consumer threads (default 4; 0: produce only)\n"
 		  "  -s, --payload-size=BYTES    payload filler bytes (default 100)\n"
 		  "  -b, --batch=N               messages per enqueue/dequeue/delete call (default 1)\n"
 		  "  -l, --lease=SECONDS         lease taken by dequeue (default 30)\n"
@@ -203,9 +327,22 @@ usage(void)
 		  "      --no-purge              do not purge the queue at start\n"
 		  "  -P, --pooler                work through a transaction-mode pooler (PgBouncer):\n"
 		  "                              no prepared statements (PQexecParams), no session state\n"
+		  "      --retry                 on a lost connection or a read-only server, reconnect\n"
+		  "                              (use a multi-host --dsn with\n"
+		  "                              target_session_attrs=read-write) and retry the call;\n"
+		  "                              enqueues carry a dedup key so that a retry does not\n"
+		  "                              store a message twice\n"
+		  "      --retry-timeout=SECONDS give up a call after retrying it this long (default 60)\n"
+		  "      --no-dedup              with --retry: enqueue without dedup keys (a retry may\n"
+		  "                              then store a message twice)\n"
+		  "      --record=FILE           write every acknowledged enqueue, delivery, delete and\n"
+		  "                              outage to FILE, one line each (see the source)\n"
 		  "      --quiet                 no progress line\n"
 		  "      --json                  also print the summary as one JSON line\n"
 		  "  -h, --help                  show this help and exit\n"
+		  "\n"
+		  "SIGINT or SIGTERM stops producing (then the run drains and reports); a second\n"
+		  "one abandons the run.\n"
 		  "\n"
 		  "Exit status: 0 if there were no duplicates, no lost messages and no errors,\n"
 		  "1 otherwise, 2 on bad usage.\n", stdout);
@@ -243,7 +380,8 @@ parse_num(const char *arg, const char *name, double min, double max, bool intege
 static void
 parse_options(int argc, char **argv)
 {
-	enum {OPT_WORK = 256, OPT_DRAIN, OPT_NO_PURGE, OPT_QUIET, OPT_JSON, OPT_CONSUMER_DSN};
+	enum {OPT_WORK = 256, OPT_DRAIN, OPT_NO_PURGE, OPT_QUIET, OPT_JSON, OPT_CONSUMER_DSN,
+	OPT_RETRY, OPT_RETRY_TIMEOUT, OPT_NO_DEDUP, OPT_RECORD};
 	static const struct option longopts[] = {
 		{"dsn", required_argument, NULL, 'd'},
 		{"consumer-dsn", required_argument, NULL, OPT_CONSUMER_DSN},
@@ -262,6 +400,10 @@ parse_options(int argc, char **argv)
 		{"pooler", no_argument, NULL, 'P'},
 		{"quiet", no_argument, NULL, OPT_QUIET},
 		{"json", no_argument, NULL, OPT_JSON},
+		{"retry", no_argument, NULL, OPT_RETRY},
+		{"retry-timeout", required_argument, NULL, OPT_RETRY_TIMEOUT},
+		{"no-dedup", no_argument, NULL, OPT_NO_DEDUP},
+		{"record", required_argument, NULL, OPT_RECORD},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0}
 	};
@@ -275,7 +417,7 @@ parse_options(int argc, char **argv)
 			case OPT_CONSUMER_DSN: opts.consumer_dsn = optarg; break;
 			case 'q': opts.queue = optarg; break;
 			case 'p': opts.producers = parse_num(optarg, "producers", 1, MAX_THREADS, true); break;
-			case 'c': opts.consumers = parse_num(optarg, "consumers", 1, MAX_THREADS, true); break;
+			case 'c': opts.consumers = parse_num(optarg, "consumers", 0, MAX_THREADS, true); break;
 			case 's': opts.payload_size = parse_num(optarg, "payload size", 0, MAX_PAYLOAD, true); break;
 			case 'b': opts.batch = parse_num(optarg, "batch", 1, MAX_BATCH, true); break;
 			case 'l': opts.lease_s = parse_num(optarg, "lease", 0.001, 86400, false); break;
@@ -288,6 +430,10 @@ parse_options(int argc, char **argv)
 			case 'P': opts.pooler = true; break;
 			case OPT_QUIET: opts.quiet = true; break;
 			case OPT_JSON: opts.json = true; break;
+			case OPT_RETRY: opts.retry = true; break;
+			case OPT_RETRY_TIMEOUT: opts.retry_timeout_s = parse_num(optarg, "retry timeout", 0, 1e7, false); break;
+			case OPT_NO_DEDUP: opts.no_dedup = true; break;
+			case OPT_RECORD: opts.record = optarg; break;
 			case 'h': usage(); exit(0);
 			default: bad_usage("", "");
 		}
@@ -296,6 +442,8 @@ parse_options(int argc, char **argv)
 		bad_usage("unexpected argument: ", argv[optind]);
 	if (opts.queue[0] == '\0')
 		bad_usage("queue name must not be empty", "");
+	if (opts.no_dedup && !opts.retry)
+		bad_usage("--no-dedup needs --retry", "");
 }
 
 /* Microseconds on the given clock. */
@@ -378,9 +526,9 @@ ignore_notice(void *arg, const char *message)
 	(void) message;
 }
 
-/* Open a connection with a conninfo ("": PG* variables); NULL (reported) on failure. */
+/* Open a connection; NULL on failure, with the reason in err. */
 static PGconn *
-connect_db(const char *who, const char *dsn)
+open_conn(const char *dsn, char *err, size_t errsize)
 {
 	const char *keys[3] = {"fallback_application_name", NULL, NULL};
 	const char *vals[3] = {"broker_sim", NULL, NULL};
@@ -395,28 +543,13 @@ connect_db(const char *who, const char *dsn)
 	conn = PQconnectdbParams(keys, vals, 1);
 	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
 	{
-		log_error("%s: connection failed: %s", who,
-				  conn ? chomp(buf, sizeof(buf), PQerrorMessage(conn)) : "out of memory");
+		snprintf(err, errsize, "connection failed: %s",
+				 conn ? chomp(buf, sizeof(buf), PQerrorMessage(conn)) : "out of memory");
 		PQfinish(conn);
 		return NULL;
 	}
 	PQsetNoticeProcessor(conn, ignore_notice, NULL);
 	return conn;
-}
-
-/* Prepare a statement on a connection (nothing to do with --pooler). */
-static bool
-prepare(PGconn *conn, const char *who, const Stmt *st)
-{
-	PGresult   *res;
-
-	if (opts.pooler)
-		return true;
-	res = PQprepare(conn, st->name, st->sql, st->nparams, NULL);
-	if (!check_result(who, "prepare", conn, res, PGRES_COMMAND_OK))
-		return false;
-	PQclear(res);
-	return true;
 }
 
 /*
@@ -429,6 +562,261 @@ exec_stmt(PGconn *conn, const Stmt *st, const char *const *params)
 	if (opts.pooler)
 		return PQexecParams(conn, st->sql, st->nparams, NULL, params, NULL, NULL, 0);
 	return PQexecPrepared(conn, st->name, st->nparams, params, NULL, NULL, 0);
+}
+
+/* Write one line to the --record file, if any. */
+static void
+record_line(const char *fmt, ...)
+{
+	va_list		ap;
+
+	if (record_file == NULL)
+		return;
+	pthread_mutex_lock(&record_lock);
+	va_start(ap, fmt);
+	vfprintf(record_file, fmt, ap);
+	va_end(ap);
+	pthread_mutex_unlock(&record_lock);
+}
+
+/* Raise an atomic maximum to v. */
+static void
+atomic_max(_Atomic int64_t *max, int64_t v)
+{
+	int64_t		cur = atomic_load(max);
+
+	while (v > cur && !atomic_compare_exchange_weak(max, &cur, v))
+		;
+}
+
+/*
+ * A failed call's message and SQLSTATE on one line (for the --record file
+ * and the report of a call given up).
+ */
+static const char *
+failure_text(PGconn *conn, const PGresult *res, char *buf, size_t size)
+{
+	const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	char		tmp[400];
+
+	if (msg == NULL)
+		msg = conn ? chomp(tmp, sizeof(tmp), PQerrorMessage(conn)) : "no connection";
+	snprintf(buf, size, "%s (SQLSTATE %s)", msg, state ? state : "none");
+	for (char *c = buf; *c; c++)
+		if (*c == '\n' || *c == '\t' || *c == '\r')
+			*c = ' ';
+	return buf;
+}
+
+/*
+ * How to handle a failed call (res may be NULL).  Without --retry every
+ * failure is fatal.  With it: a lost connection, and the errors of a
+ * server going away, leave the outcome unknown; a read-only server
+ * (25006: a standby, or a primary that is being demoted) did nothing.
+ */
+static FailKind
+classify_failure(PGconn *conn, const PGresult *res)
+{
+	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+	if (!opts.retry)
+		return FAIL_FATAL;
+	if (conn == NULL || PQstatus(conn) == CONNECTION_BAD)
+		return FAIL_RETRY_UNKNOWN;
+	if (state == NULL)
+		return FAIL_FATAL;
+	if (strcmp(state, "25006") == 0)
+		return FAIL_RETRY;
+	if (strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 ||
+		strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0)
+		return FAIL_RETRY_UNKNOWN;
+	return FAIL_FATAL;
+}
+
+/*
+ * Whether a worker is to stop retrying: the run is abandoned (an error
+ * elsewhere, a second signal), or, for a consumer, over.
+ */
+static bool
+cancelled(const Worker *w)
+{
+	return n_signals >= 2 || atomic_load(&n_errors) > 0 ||
+		(w->consumer && atomic_load(&stop_consuming));
+}
+
+/*
+ * Wait before the next attempt: nothing before the first retry, then 50 ms
+ * doubling up to 1 s, each +-25%, never past the deadline; in slices of at
+ * most 50 ms, so that cancelling takes effect at once.
+ */
+static RetryState
+backoff_sleep(Worker *w, Backoff *b)
+{
+	int64_t		until;
+
+	if (b->delay_us > 0)
+	{
+		until = now_us(CLOCK_MONOTONIC) +
+			(int64_t) (b->delay_us * (0.75 + 0.5 * rand_r(&w->seed) / (double) RAND_MAX));
+		if (until > b->deadline_us)
+			until = b->deadline_us;
+		while (!cancelled(w))
+		{
+			int64_t		left = until - now_us(CLOCK_MONOTONIC);
+
+			if (left <= 0)
+				break;
+			sleep_us(left < 50000 ? left : 50000);
+		}
+	}
+	b->delay_us = b->delay_us == 0 ? 50000 : b->delay_us >= 500000 ? 1000000 : 2 * b->delay_us;
+	if (cancelled(w))
+		return RETRY_CANCELLED;
+	if (now_us(CLOCK_MONOTONIC) >= b->deadline_us)
+		return RETRY_TIMED_OUT;
+	return RETRY_GO;
+}
+
+/*
+ * One attempt to (re)open a session's connection and prepare its
+ * statements; on failure the reason is in err, and *fatal tells a failure
+ * that no retry can mend (a statement that cannot be prepared on a
+ * writable server).
+ */
+static bool
+session_try_connect(Session *s, char *err, size_t errsize, bool *fatal)
+{
+	*fatal = false;
+	PQfinish(s->conn);
+	s->conn = open_conn(s->dsn, err, errsize);
+	for (int i = 0; s->conn != NULL && !opts.pooler && i < s->nstmts; i++)
+	{
+		const Stmt *st = s->stmts[i];
+		PGresult   *res = PQprepare(s->conn, st->name, st->sql, st->nparams, NULL);
+		char		buf[500];
+
+		if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK)
+		{
+			PQclear(res);
+			continue;
+		}
+		snprintf(err, errsize, "prepare failed: %s", failure_text(s->conn, res, buf, sizeof(buf)));
+		*fatal = classify_failure(s->conn, res) == FAIL_FATAL;
+		PQclear(res);
+		PQfinish(s->conn);
+		s->conn = NULL;
+	}
+	return s->conn != NULL;
+}
+
+/*
+ * Open a session's first connection; false (reported) on failure.  With
+ * --retry a failed connection is tried again as a failed call is.
+ */
+static bool
+session_open(Session *s)
+{
+	Backoff		b = {0, now_us(CLOCK_MONOTONIC) + (int64_t) (opts.retry_timeout_s * 1e6)};
+	char		err[600];
+	bool		fatal;
+	RetryState	rs = RETRY_GO;
+
+	while (!session_try_connect(s, err, sizeof(err), &fatal))
+	{
+		if (!opts.retry || fatal || (rs = backoff_sleep(s->w, &b)) != RETRY_GO)
+		{
+			if (rs != RETRY_CANCELLED)
+				log_error("%s: %s%s", s->w->name, err,
+						  rs == RETRY_TIMED_OUT ? " (retried until --retry-timeout)" : "");
+			return false;
+		}
+	}
+	return true;
+}
+
+/* Note an outage of a worker, from start_us to now (a call that was retried). */
+static void
+note_outage(Worker *w, const char *what, int64_t start_us, int attempts, bool unknown,
+			const char *err)
+{
+	int64_t		end_us = now_us(CLOCK_REALTIME);
+
+	atomic_max(&max_outage_us, end_us - start_us);
+	if (!w->consumer)
+		atomic_max(&max_write_outage_us, end_us - start_us);
+	record_line("O %c%d %s %lld %lld %d %d %s\n", w->consumer ? 'c' : 'p', w->index, what,
+				(long long) start_us, (long long) end_us, attempts, unknown ? 1 : 0, err);
+}
+
+/*
+ * Run a statement of the session: the result (PGRES_TUPLES_OK) or NULL
+ * (reported, unless the run is being abandoned).  With --retry, a call that
+ * failed because the connection was lost, the server is read-only or is
+ * going away is run again on a new connection (the same parameters: a
+ * retried enqueue has the same dedup key, a retried delete the same
+ * receipt), with a backoff, until it succeeds, fails otherwise, the run is
+ * abandoned or --retry-timeout has passed since its first failure.
+ * *unknown tells whether an attempt may have committed unseen, *attempts
+ * how many were made.
+ */
+static PGresult *
+session_exec(Session *s, const Stmt *st, const char *const *params, const char *what,
+			 bool *unknown, int *attempts)
+{
+	Backoff		b = {0, 0};
+	int64_t		start_us = 0;
+	char		err[500] = "";
+	char		cerr[600];
+	bool		fatal;
+	RetryState	rs;
+
+	*unknown = false;
+	*attempts = 0;
+	for (;;)
+	{
+		PGresult   *res = exec_stmt(s->conn, st, params);
+		FailKind	kind;
+
+		(*attempts)++;
+		if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK)
+		{
+			if (start_us != 0)
+				note_outage(s->w, what, start_us, *attempts, *unknown, err);
+			return res;
+		}
+		if ((kind = classify_failure(s->conn, res)) == FAIL_FATAL)
+		{
+			check_result(s->w->name, what, s->conn, res, PGRES_TUPLES_OK);
+			return NULL;
+		}
+		*unknown |= kind == FAIL_RETRY_UNKNOWN;
+		if (start_us == 0)
+		{
+			start_us = now_us(CLOCK_REALTIME);
+			b.deadline_us = now_us(CLOCK_MONOTONIC) + (int64_t) (opts.retry_timeout_s * 1e6);
+			failure_text(s->conn, res, err, sizeof(err));
+		}
+		PQclear(res);
+		atomic_fetch_add(&n_retries, 1);
+		/* a new connection, to a writable server with a multi-host conninfo */
+		do
+		{
+			if ((rs = backoff_sleep(s->w, &b)) != RETRY_GO)
+			{
+				if (rs == RETRY_TIMED_OUT)
+					log_error("%s: %s: gave up after %.1f s: %s", s->w->name, what,
+							  (now_us(CLOCK_REALTIME) - start_us) / 1e6, err);
+				return NULL;
+			}
+			if (!session_try_connect(s, cerr, sizeof(cerr), &fatal) && fatal)
+			{
+				log_error("%s: %s", s->w->name, cerr);
+				return NULL;
+			}
+		} while (s->conn == NULL);
+		atomic_fetch_add(&n_reconnects, 1);
+	}
 }
 
 /* Hand out count sequence numbers of producer pt; -1 when out of room. */
@@ -464,22 +852,64 @@ track_get(ProducerTrack *pt, int64_t n)
 	return &pt->chunks[n >> CHUNK_BITS][n & (CHUNK_SIZE - 1)];
 }
 
-/* Mark count messages from first of producer pt as committed. */
+/* Note an id of message m; a second, different one: stored twice.  Caller locks. */
 static void
-track_commit(ProducerTrack *pt, int64_t first, int count)
+note_id(MsgState *m, int64_t id)
+{
+	if (m->id == 0)
+		m->id = id;
+	else if (m->id != id && !m->twice)
+	{
+		m->twice = 1;
+		atomic_fetch_add(&n_twice, 1);
+	}
+}
+
+/*
+ * Count m in n_done while it is committed and gone: deleted, or deleted by
+ * a delete whose outcome is unknown, and not delivered since.  Caller locks.
+ */
+static void
+track_settle(MsgState *m)
+{
+	bool		done = m->committed &&
+		(m->deletes > 0 || (m->unknown_dc != 0 && m->unknown_dc == m->dc));
+
+	if (done != (bool) m->done)
+	{
+		m->done = done;
+		atomic_fetch_add(&n_done, done ? 1 : -1);
+	}
+}
+
+/* Mark count messages from first of producer pt as committed, with their ids. */
+static void
+track_commit(ProducerTrack *pt, int64_t first, int count, const int64_t *ids)
 {
 	pthread_mutex_lock(&pt->lock);
 	for (int i = 0; i < count; i++)
-		track_get(pt, first + i)->committed = 1;
+	{
+		MsgState   *m = track_get(pt, first + i);
+
+		m->committed = 1;
+		note_id(m, ids[i]);
+		track_settle(m);
+	}
 	pthread_mutex_unlock(&pt->lock);
 }
 
-/* Record a delivery of a message (rule 2); true if it overlaps another. */
+/*
+ * Record a delivery of a message (rule 2); true if it overlaps another.
+ * Also counts a delivery after an acknowledged delete with a receipt.
+ */
 static bool
 record_delivery(MsgState *m, const Delivery *d, int64_t recv_us)
 {
 	bool		dup;
 
+	note_id(m, d->id);
+	if (m->del_dc != 0 && d->dc > m->del_dc)
+		atomic_fetch_add(&n_after_delete, 1);
 	if (m->seen && d->dc < m->dc)
 		return m->recv_us < d->lease_until_us;	/* older delivery, noted late */
 	dup = m->seen && (d->dc == m->dc || recv_us < m->lease_until_us);
@@ -566,35 +996,44 @@ pace_until(int64_t target_us)
 	}
 }
 
+static bool parse_i64(const char *s, int64_t *out);
+
 /* Producer thread: enqueue paced messages until told to stop. */
 static void *
 producer_main(void *arg)
 {
 	Worker	   *w = arg;
 	ProducerTrack *pt = &tracks[w->index];
-	PGconn	   *conn = connect_db(w->name, opts.dsn);
-	const Stmt *enq = opts.batch > 1 ? &stmt_enq_batch : &stmt_enq;
-	bool		ok = conn != NULL && prepare(conn, w->name, enq);
+	const Stmt *enq = opts.batch > 1 ? (use_dedup ? &stmt_enq_batch_key : &stmt_enq_batch) :
+		(use_dedup ? &stmt_enq_key : &stmt_enq);
+	Session		s = {.w = w, .dsn = opts.dsn, .stmts = {enq}, .nstmts = 1};
+	bool		ok = session_open(&s);
 	size_t		room = (size_t) opts.batch * (opts.payload_size + 200) + 16;
 	char	   *buf = malloc(room);
+	char	   *keys = malloc((size_t) opts.batch * 64 + 4);
+	int64_t    *ids = malloc(sizeof(int64_t) * opts.batch);
 	double		per_rate = opts.rate / opts.producers;
 	int64_t		sent = 0;
 	int64_t		start;
 
 	pthread_barrier_wait(&start_barrier);
 	start = now_us(CLOCK_MONOTONIC);
-	if (buf == NULL && ok)
+	if ((buf == NULL || keys == NULL || ids == NULL) && ok)
 	{
 		log_error("%s: out of memory", w->name);
 		ok = false;
 	}
 	while (ok && !atomic_load(&stop_producing))
 	{
-		const char *params[2] = {opts.queue, buf};
+		const char *params[3] = {opts.queue, buf, keys};
 		PGresult   *res;
 		int64_t		first;
 		int64_t		call_start;
+		int64_t		ack_us;
 		size_t		len = 0;
+		size_t		klen = 0;
+		bool		unknown;
+		int			attempts;
 
 		if (per_rate > 0 && !pace_until(start + (int64_t) (sent * 1e6 / per_rate)))
 			break;
@@ -604,41 +1043,70 @@ producer_main(void *arg)
 			break;
 		}
 		if (opts.batch == 1)
+		{
 			len = format_payload(buf, room, w->index, first, false);
+			snprintf(keys, 64, "%s-%d-%lld", run_id, w->index, (long long) first);
+		}
 		else
 		{
 			/* a jsonb[] literal: {"<escaped json>","<escaped json>",...} */
 			buf[len++] = '{';
+			keys[klen++] = '{';
 			for (int i = 0; i < opts.batch; i++)
 			{
 				if (i > 0)
+				{
 					buf[len++] = ',';
+					keys[klen++] = ',';
+				}
 				buf[len++] = '"';
 				len += format_payload(buf + len, room - len, w->index, first + i, true);
 				buf[len++] = '"';
+				/* keys need no quotes: hex digits, digits and '-' */
+				klen += sprintf(keys + klen, "%s-%d-%lld", run_id, w->index,
+								(long long) (first + i));
 			}
 			buf[len++] = '}';
+			strcpy(keys + klen, "}");
 		}
 		buf[len] = '\0';
 		call_start = now_us(CLOCK_MONOTONIC);
-		res = exec_stmt(conn, enq, params);
+		res = session_exec(&s, enq, params, "enqueue", &unknown, &attempts);
 		hist_add(&w->call_hist, now_us(CLOCK_MONOTONIC) - call_start);
-		if (!check_result(w->name, "enqueue", conn, res, PGRES_TUPLES_OK))
+		if (res == NULL)
+		{
+			/* given up (reported) or abandoned: it may have committed */
+			if (unknown)
+				atomic_fetch_add(&n_enq_abandoned, opts.batch);
 			break;
+		}
+		ack_us = now_us(CLOCK_REALTIME);
 		ok = PQntuples(res) == opts.batch;
 		if (!ok)
 			log_error("%s: enqueue returned %d ids for %d messages",
 					  w->name, PQntuples(res), opts.batch);
+		for (int i = 0; i < opts.batch && ok; i++)
+		{
+			if (!(ok = parse_i64(PQgetvalue(res, i, 0), &ids[i])))
+				log_error("%s: enqueue returned a row without id", w->name);
+		}
 		PQclear(res);
 		if (!ok)
 			break;
-		track_commit(pt, first, opts.batch);
+		track_commit(pt, first, opts.batch, ids);
 		atomic_fetch_add(&n_produced, opts.batch);
+		if (unknown)
+			atomic_fetch_add(&n_enq_unknown, opts.batch);
+		for (int i = 0; i < opts.batch; i++)
+			record_line("E %d %lld %lld %lld %d %d\n", w->index, (long long) (first + i),
+						(long long) ids[i], (long long) ack_us, attempts, unknown ? 1 : 0);
 		sent += opts.batch;
 	}
 	atomic_fetch_sub(&producers_running, 1);
 	free(buf);
-	PQfinish(conn);
+	free(keys);
+	free(ids);
+	PQfinish(s.conn);
 	return NULL;
 }
 
@@ -699,18 +1167,28 @@ note_delivery(const char *who, Delivery *d, int64_t recv_us)
 	m = track_get(pt, d->seq);
 	if (m != NULL && record_delivery(m, d, recv_us))
 		atomic_fetch_add(&n_overlaps, 1);
+	if (m != NULL)
+		track_settle(m);
 	pthread_mutex_unlock(&pt->lock);
 	if (m == NULL)
 	{
 		log_error("%s: message %lld names p=%d n=%lld, which was never produced",
 				  who, (long long) d->id, d->producer, (long long) d->seq);
 		d->producer = -1;
+		return;
 	}
+	record_line("L %d %lld %lld %d %lld %lld %s\n", d->producer, (long long) d->seq,
+				(long long) d->id, d->dc, (long long) recv_us, (long long) d->lease_until_us,
+				d->receipt[0] ? d->receipt : "-");
 }
 
-/* Note the outcome of deleting delivery d (rule 1, latency, stale). */
+/*
+ * Note the outcome of deleting delivery d (rule 1, latency, stale, unknown),
+ * acknowledged at ack_us after attempts calls.
+ */
 static void
-note_delete(Worker *w, const Delivery *d, bool deleted, int64_t recv_us)
+note_delete(Worker *w, const Delivery *d, DelOutcome outcome, int64_t recv_us,
+			int64_t ack_us, int attempts)
 {
 	ProducerTrack *pt = &tracks[d->producer < 0 ? 0 : d->producer];
 	MsgState   *m;
@@ -718,16 +1196,38 @@ note_delete(Worker *w, const Delivery *d, bool deleted, int64_t recv_us)
 
 	if (d->producer < 0)
 		return;
-	if (!deleted)
+	record_line("D %d %lld %lld %d %lld %c %d\n", d->producer, (long long) d->seq,
+				(long long) d->id, d->dc, (long long) ack_us,
+				outcome == DEL_OK ? 't' : outcome == DEL_STALE ? 'f' : 'u', attempts);
+	if (outcome == DEL_STALE)
 	{
 		atomic_fetch_add(&n_stale, 1);
 		return;
 	}
 	pthread_mutex_lock(&pt->lock);
 	m = track_get(pt, d->seq);
+	if (outcome == DEL_UNKNOWN)
+	{
+		/* deleted by the lost attempt, unless delivered again */
+		if (m->unknown_dc < d->dc)
+			m->unknown_dc = d->dc;
+		track_settle(m);
+		pthread_mutex_unlock(&pt->lock);
+		atomic_fetch_add(&n_del_unknown, 1);
+		return;
+	}
 	if (m->deletes < UINT16_MAX)
 		m->deletes++;
 	deletes = m->deletes;
+	if (opts.batch == 1)
+	{
+		/* with a receipt: no later delivery may exist, before or after */
+		if (m->del_dc == 0)
+			m->del_dc = d->dc;
+		if (m->seen && m->dc > d->dc)
+			atomic_fetch_add(&n_after_delete, 1);
+	}
+	track_settle(m);
 	pthread_mutex_unlock(&pt->lock);
 	if (deletes > 1)
 		atomic_fetch_add(&n_double_deletes, 1);
@@ -740,27 +1240,34 @@ note_delete(Worker *w, const Delivery *d, bool deleted, int64_t recv_us)
 
 /* Delete the n deliveries of one dequeue; false on SQL error. */
 static bool
-delete_deliveries(Worker *w, PGconn *conn, Delivery *ds, int n, int64_t recv_us,
+delete_deliveries(Worker *w, Session *s, Delivery *ds, int n, int64_t recv_us,
 				  char *idbuf)
 {
 	const char *params[3] = {opts.queue, idbuf, NULL};
 	PGresult   *res;
 	size_t		len = 0;
 	int			nids;
+	bool		unknown;
+	int			attempts;
+	int64_t		ack_us;
 
 	if (opts.batch == 1)
 	{
 		/* delete(queue, id, receipt): false means the receipt is stale */
 		for (int i = 0; i < n; i++)
 		{
+			bool		deleted;
+
 			sprintf(idbuf, "%lld", (long long) ds[i].id);
 			params[2] = ds[i].receipt[0] ? ds[i].receipt : NULL;
-			res = exec_stmt(conn, &stmt_del_one, params);
-			if (!check_result(w->name, "delete", conn, res, PGRES_TUPLES_OK))
+			res = session_exec(s, &stmt_del_one, params, "delete", &unknown, &attempts);
+			if (res == NULL)
 				return false;
-			note_delete(w, &ds[i], PQntuples(res) == 1 &&
-						strcmp(PQgetvalue(res, 0, 0), "t") == 0, recv_us);
+			ack_us = now_us(CLOCK_REALTIME);
+			deleted = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
 			PQclear(res);
+			note_delete(w, &ds[i], deleted ? DEL_OK : unknown ? DEL_UNKNOWN : DEL_STALE,
+						recv_us, ack_us, attempts);
 		}
 		return true;
 	}
@@ -770,9 +1277,10 @@ delete_deliveries(Worker *w, PGconn *conn, Delivery *ds, int n, int64_t recv_us,
 	for (int i = 0; i < n; i++)
 		len += sprintf(idbuf + len, "%s%lld", i > 0 ? "," : "", (long long) ds[i].id);
 	strcpy(idbuf + len, "}");
-	res = exec_stmt(conn, &stmt_del_many, params);
-	if (!check_result(w->name, "delete", conn, res, PGRES_TUPLES_OK))
+	res = session_exec(s, &stmt_del_many, params, "delete", &unknown, &attempts);
+	if (res == NULL)
 		return false;
+	ack_us = now_us(CLOCK_REALTIME);
 	if ((nids = PQntuples(res)) > n)
 	{
 		log_error("%s: delete returned %d ids for %d", w->name, nids, n);
@@ -788,7 +1296,8 @@ delete_deliveries(Worker *w, PGconn *conn, Delivery *ds, int n, int64_t recv_us,
 	}
 	PQclear(res);
 	for (int i = 0; i < n; i++)
-		note_delete(w, &ds[i], ds[i].deleted, recv_us);
+		note_delete(w, &ds[i], ds[i].deleted ? DEL_OK : unknown ? DEL_UNKNOWN : DEL_STALE,
+					recv_us, ack_us, attempts);
 	return true;
 }
 
@@ -797,10 +1306,9 @@ static void *
 consumer_main(void *arg)
 {
 	Worker	   *w = arg;
-	PGconn	   *conn = connect_db(w->name, opts.consumer_dsn ? opts.consumer_dsn : opts.dsn);
-	bool		ok = conn != NULL &&
-		prepare(conn, w->name, &stmt_deq) &&
-		prepare(conn, w->name, opts.batch > 1 ? &stmt_del_many : &stmt_del_one);
+	Session		s = {.w = w, .dsn = opts.consumer_dsn ? opts.consumer_dsn : opts.dsn,
+		.stmts = {&stmt_deq, opts.batch > 1 ? &stmt_del_many : &stmt_del_one}, .nstmts = 2};
+	bool		ok = session_open(&s);
 	Delivery   *ds = calloc(opts.batch, sizeof(Delivery));
 	char	   *idbuf = malloc((size_t) opts.batch * 24 + 4);
 	char		max_text[16];
@@ -819,11 +1327,13 @@ consumer_main(void *arg)
 	}
 	while (ok && !atomic_load(&stop_consuming))
 	{
-		PGresult   *res = exec_stmt(conn, &stmt_deq, params);
+		bool		unknown;
+		int			attempts;
+		PGresult   *res = session_exec(&s, &stmt_deq, params, "dequeue", &unknown, &attempts);
 		int64_t		recv_us = now_us(CLOCK_REALTIME);
 		int			n;
 
-		if (!check_result(w->name, "dequeue", conn, res, PGRES_TUPLES_OK))
+		if (res == NULL)
 			break;
 		if ((n = PQntuples(res)) > opts.batch)
 		{
@@ -844,11 +1354,11 @@ consumer_main(void *arg)
 		for (int i = 0; i < n; i++)
 			note_delivery(w->name, &ds[i], recv_us);
 		sleep_us((int64_t) opts.work_ms * 1000 * n);
-		ok = delete_deliveries(w, conn, ds, n, recv_us, idbuf);
+		ok = delete_deliveries(w, &s, ds, n, recv_us, idbuf);
 	}
 	free(ds);
 	free(idbuf);
-	PQfinish(conn);
+	PQfinish(s.conn);
 	return NULL;
 }
 
@@ -879,8 +1389,22 @@ setup_queue(PGconn *conn)
 					 "SELECT broker.create_queue($1::text, lease => $2::interval,"
 					 " max_message_size => $3::int4, if_not_exists => true)", 3, params);
 	PQclear(res);
-	if (res == NULL || opts.no_purge)
-		return res != NULL;
+	if (res == NULL)
+		return false;
+	if (opts.retry && !opts.no_dedup)
+	{
+		/* deduplication came with broker 0.2.0, and with it dedup_window */
+		res = PQexecParams(conn, "SELECT dedup_window FROM broker.queues WHERE queue = $1",
+						   1, NULL, params, NULL, NULL, 0);
+		use_dedup = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+			!PQgetisnull(res, 0, 0);
+		PQclear(res);
+		if (!use_dedup)
+			fprintf(stderr, "broker_sim: queue \"%s\" has no deduplication: a retried enqueue "
+					"may store a message twice\n", opts.queue);
+	}
+	if (opts.no_purge)
+		return true;
 	res = admin_exec(conn, "purge_queue", "SELECT broker.purge_queue($1::text)", 1, params);
 	PQclear(res);
 	return res != NULL;
@@ -912,7 +1436,7 @@ count_lost(void)
 		{
 			MsgState   *m = track_get(&tracks[p], n);
 
-			lost += m->committed && m->deletes == 0;
+			lost += m->committed && !m->done;
 		}
 	}
 	return lost;
@@ -945,6 +1469,8 @@ start_workers(void)
 		bool		producer = i < opts.producers;
 
 		w->index = producer ? i : i - opts.producers;
+		w->consumer = !producer;
+		w->seed = (unsigned int) (now_us(CLOCK_REALTIME) ^ (i * 2654435761u));
 		snprintf(w->name, sizeof(w->name), "%s %d", producer ? "producer" : "consumer",
 				 w->index);
 		if (pthread_create(&w->thread, NULL, producer ? producer_main : consumer_main, w))
@@ -962,6 +1488,7 @@ run_loop(int64_t *t0, int64_t *produce_end, int64_t *done_at)
 {
 	int64_t		now, last_tick, produced, consumed, last_prod = 0, last_cons = 0;
 	bool		done = false;
+	bool		abandoned = false;
 
 	pthread_barrier_wait(&start_barrier);
 	*t0 = last_tick = now_us(CLOCK_MONOTONIC);
@@ -972,12 +1499,20 @@ run_loop(int64_t *t0, int64_t *produce_end, int64_t *done_at)
 		now = now_us(CLOCK_MONOTONIC);
 		produced = atomic_load(&n_produced);
 		consumed = atomic_load(&n_consumed);
-		if (now - *t0 >= (int64_t) (opts.duration_s * 1e6) || atomic_load(&n_errors) > 0)
+		if (n_signals >= 2 && !abandoned)
+		{
+			log_error("run abandoned (second signal)");
+			abandoned = true;
+		}
+		if (now - *t0 >= (int64_t) (opts.duration_s * 1e6) || atomic_load(&n_errors) > 0 ||
+			n_signals > 0)
 			atomic_store(&stop_producing, true);
 		if (*produce_end == 0 && atomic_load(&producers_running) == 0)
 			*produce_end = now;
+		/* drained: every committed message is gone */
 		done = *produce_end != 0 &&
-			(consumed >= produced || atomic_load(&n_errors) > 0 ||
+			(opts.consumers == 0 || atomic_load(&n_done) >= produced ||
+			 atomic_load(&n_errors) > 0 ||
 			 now - *produce_end >= (int64_t) (opts.drain_timeout_s * 1e6));
 		if (!opts.quiet && (done || now - last_tick >= 1000000))
 		{
@@ -1008,8 +1543,11 @@ print_summary(const Histogram *h, const Histogram *ch, double run_s, double drai
 	int64_t		consumed = atomic_load(&n_consumed);
 	int64_t		dd = atomic_load(&n_double_deletes);
 	int64_t		ov = atomic_load(&n_overlaps);
+	int64_t		tw = atomic_load(&n_twice);
+	int64_t		ad = atomic_load(&n_after_delete);
+	int64_t		dups = dd + ov + tw + ad;
 	int64_t		errors = atomic_load(&n_errors);
-	int64_t		lost = count_lost();
+	int64_t		lost = opts.consumers > 0 ? count_lost() : 0;
 	double		p50 = hist_quantile_ms(h, 0.50);
 	double		p95 = hist_quantile_ms(h, 0.95);
 	double		p99 = hist_quantile_ms(h, 0.99);
@@ -1020,8 +1558,15 @@ print_summary(const Histogram *h, const Histogram *ch, double run_s, double drai
 	double		emax = ch->max_us / 1000.0;
 	double		prod_rate = run_s > 0 ? produced / run_s : 0;
 	double		cons_rate = run_s + drain_s > 0 ? consumed / (run_s + drain_s) : 0;
-	int			status = (dd + ov == 0 && lost == 0 && errors == 0) ? 0 : 1;
+	double		outage_s = atomic_load(&max_outage_us) / 1e6;
+	double		write_outage_s = atomic_load(&max_write_outage_us) / 1e6;
+	int			status = (dups == 0 && lost == 0 && errors == 0) ? 0 : 1;
+	char		lost_text[64];
 
+	if (opts.consumers > 0)
+		snprintf(lost_text, sizeof(lost_text), "%lld", (long long) lost);
+	else
+		snprintf(lost_text, sizeof(lost_text), "not checked (no consumers)");
 	printf("broker_sim summary\n"
 		   "  producers/consumers  %d/%d   batch %d   payload %d B   lease %g s%s\n"
 		   "  duration             %.1f s (+ %.1f s drain)\n"
@@ -1031,19 +1576,31 @@ print_summary(const Histogram *h, const Histogram *ch, double run_s, double drai
 		   "  consume rate         %.0f msg/s\n"
 		   "  latency p50/p95/p99/max  %.2f / %.2f / %.2f / %.2f ms\n"
 		   "  enqueue call p50/p95/p99/max  %.2f / %.2f / %.2f / %.2f ms\n"
-		   "  duplicates           %lld (%lld deleted again, %lld overlapping leases)\n"
-		   "  lost                 %lld\n"
+		   "  duplicates           %lld (%lld deleted again, %lld overlapping leases,"
+		   " %lld stored twice, %lld after a delete)\n"
+		   "  lost                 %s\n"
 		   "  stale deletes        %lld\n"
-		   "  foreign messages     %lld\n"
-		   "  errors               %lld\n"
-		   "  result               %s\n",
+		   "  foreign messages     %lld\n",
 		   opts.producers, opts.consumers, opts.batch, opts.payload_size, opts.lease_s,
 		   opts.pooler ? "   pooler" : "",
 		   run_s, drain_s, (long long) produced, (long long) consumed, prod_rate,
 		   cons_rate, p50, p95, p99, pmax, e50, e95, e99, emax,
-		   (long long) (dd + ov), (long long) dd,
-		   (long long) ov, (long long) lost, (long long) atomic_load(&n_stale),
-		   (long long) atomic_load(&n_foreign), (long long) errors, status == 0 ? "OK" : "FAILED");
+		   (long long) dups, (long long) dd, (long long) ov, (long long) tw,
+		   (long long) ad, lost_text, (long long) atomic_load(&n_stale),
+		   (long long) atomic_load(&n_foreign));
+	if (opts.retry)
+		printf("  retried calls        %lld (%lld reconnections)\n"
+			   "  unknown outcomes     %lld enqueues (retried %s), %lld deletes,"
+			   " %lld enqueues given up\n"
+			   "  longest outage       %.3f s (producers %.3f s)\n",
+			   (long long) atomic_load(&n_retries), (long long) atomic_load(&n_reconnects),
+			   (long long) atomic_load(&n_enq_unknown),
+			   use_dedup ? "with their dedup keys" : "without dedup keys",
+			   (long long) atomic_load(&n_del_unknown),
+			   (long long) atomic_load(&n_enq_abandoned), outage_s, write_outage_s);
+	printf("  errors               %lld\n"
+		   "  result               %s\n",
+		   (long long) errors, status == 0 ? "OK" : "FAILED");
 	if (opts.json)
 		printf("{\"producers\":%d,\"consumers\":%d,\"batch\":%d,\"payload_size\":%d,"
 			   "\"lease_s\":%g,\"duration_s\":%.3f,\"drain_s\":%.3f,\"produced\":%lld,"
@@ -1052,28 +1609,48 @@ print_summary(const Histogram *h, const Histogram *ch, double run_s, double drai
 			   "\"enqueue_call_ms\":{\"p50\":%.3f,\"p95\":%.3f,\"p99\":%.3f,\"max\":%.3f},"
 			   "\"pooler\":%s,"
 			   "\"duplicates\":%lld,\"double_deletes\":%lld,\"overlapping_leases\":%lld,"
+			   "\"stored_twice\":%lld,\"after_delete\":%lld,"
 			   "\"lost\":%lld,\"stale_deletes\":%lld,\"foreign\":%lld,"
+			   "\"retry\":%s,\"dedup\":%s,\"retried_calls\":%lld,\"reconnects\":%lld,"
+			   "\"enqueue_unknown\":%lld,\"delete_unknown\":%lld,\"enqueue_given_up\":%lld,"
+			   "\"max_outage_s\":%.3f,\"max_write_outage_s\":%.3f,"
 			   "\"errors\":%lld,\"ok\":%s}\n",
 			   opts.producers, opts.consumers, opts.batch, opts.payload_size,
 			   opts.lease_s, run_s, drain_s, (long long) produced, (long long) consumed,
 			   prod_rate, cons_rate, p50, p95, p99, pmax, e50, e95, e99, emax,
-			   opts.pooler ? "true" : "false", (long long) (dd + ov),
-			   (long long) dd, (long long) ov, (long long) lost,
-			   (long long) atomic_load(&n_stale), (long long) atomic_load(&n_foreign),
+			   opts.pooler ? "true" : "false", (long long) dups,
+			   (long long) dd, (long long) ov, (long long) tw, (long long) ad,
+			   (long long) lost, (long long) atomic_load(&n_stale),
+			   (long long) atomic_load(&n_foreign),
+			   opts.retry ? "true" : "false", use_dedup ? "true" : "false",
+			   (long long) atomic_load(&n_retries), (long long) atomic_load(&n_reconnects),
+			   (long long) atomic_load(&n_enq_unknown), (long long) atomic_load(&n_del_unknown),
+			   (long long) atomic_load(&n_enq_abandoned), outage_s, write_outage_s,
 			   (long long) errors, status == 0 ? "true" : "false");
 	return status;
+}
+
+/* SIGINT, SIGTERM: the first stops producing, a second abandons the run. */
+static void
+handle_signal(int signo)
+{
+	(void) signo;
+	n_signals++;
 }
 
 /* Set up the queue, run the simulation and report. */
 int
 main(int argc, char **argv)
 {
-	PGconn	   *admin;
+	static Worker setup_worker = {.name = "setup"};
+	Session		admin = {.w = &setup_worker};
 	Worker	   *workers;
 	static Histogram hist;
 	static Histogram call_hist;
 	int64_t		t0, produce_end, done_at;
+	struct sigaction sa = {.sa_handler = handle_signal};
 	bool		ok;
+	int			status;
 
 	parse_options(argc, argv);
 	snprintf(run_id, sizeof(run_id), "%llx",
@@ -1083,9 +1660,22 @@ main(int argc, char **argv)
 		fprintf(stderr, "broker_sim: libpq is not thread-safe\n");
 		return 1;
 	}
-	admin = connect_db("setup", opts.dsn);
-	ok = admin != NULL && setup_queue(admin);
-	PQfinish(admin);
+	if (opts.record != NULL)
+	{
+		if ((record_file = fopen(opts.record, "w")) == NULL)
+		{
+			fprintf(stderr, "broker_sim: cannot open %s: %s\n", opts.record, strerror(errno));
+			return 1;
+		}
+		/* a line at a time, so that a checker may read it during the run */
+		setvbuf(record_file, NULL, _IOLBF, 0);
+	}
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	admin.dsn = opts.dsn;
+	ok = session_open(&admin) && setup_queue(admin.conn);
+	PQfinish(admin.conn);
 	if (!ok)
 		return 1;
 	workers = start_workers();
@@ -1099,5 +1689,12 @@ main(int argc, char **argv)
 	for (int i = opts.producers; i < opts.producers + opts.consumers; i++)
 		hist_merge(&hist, &workers[i].hist);
 	free(workers);
-	return print_summary(&hist, &call_hist, (produce_end - t0) / 1e6, (done_at - produce_end) / 1e6);
+	status = print_summary(&hist, &call_hist, (produce_end - t0) / 1e6,
+						   (done_at - produce_end) / 1e6);
+	if (record_file != NULL && fclose(record_file) != 0)
+	{
+		fprintf(stderr, "broker_sim: cannot write %s: %s\n", opts.record, strerror(errno));
+		status = 1;
+	}
+	return status;
 }
