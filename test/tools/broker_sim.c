@@ -526,14 +526,22 @@ ignore_notice(void *arg, const char *message)
 	(void) message;
 }
 
-/* Open a connection; NULL on failure, with the reason in err. */
+/*
+ * Open a connection; NULL on failure, with the reason in err.  Its
+ * application_name (unless PGAPPNAME or the DSN sets one) names the worker,
+ * "broker_sim consumer 2": broker.consumers attributes the work to it.
+ */
 static PGconn *
-open_conn(const char *dsn, char *err, size_t errsize)
+open_conn(const char *dsn, const char *worker, char *err, size_t errsize)
 {
 	const char *keys[3] = {"fallback_application_name", NULL, NULL};
-	const char *vals[3] = {"broker_sim", NULL, NULL};
+	const char *vals[3] = {NULL, NULL, NULL};
+	char		appname[64];
 	PGconn	   *conn;
 	char		buf[512];
+
+	snprintf(appname, sizeof(appname), "broker_sim %s", worker);
+	vals[0] = appname;
 
 	if (dsn[0] != '\0')
 	{
@@ -689,7 +697,7 @@ session_try_connect(Session *s, char *err, size_t errsize, bool *fatal)
 {
 	*fatal = false;
 	PQfinish(s->conn);
-	s->conn = open_conn(s->dsn, err, errsize);
+	s->conn = open_conn(s->dsn, s->w->name, err, errsize);
 	for (int i = 0; s->conn != NULL && !opts.pooler && i < s->nstmts; i++)
 	{
 		const Stmt *st = s->stmts[i];
