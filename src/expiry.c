@@ -80,6 +80,8 @@ broker_reap(PG_FUNCTION_ARGS)
 		if (n < BROKER_REAP_BATCH)
 			break;
 	}
+	/* and hand on the groups a remover could not (groups.c) */
+	(void) BrokerStoreRepairGroups(queue_id);
 	BrokerSPIFinish();
 	PG_RETURN_INT64(total);
 }

@@ -33,6 +33,7 @@
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "storage/lock.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -42,6 +43,7 @@
 #include "segment.h"
 #include "sql.h"
 #include "store.h"
+#include "util.h"
 
 #define OP(x) "OPERATOR(pg_catalog." x ")"
 #define SEG "broker.messages_%d"
@@ -97,6 +99,27 @@ static BrokerStmt group_drop_expired = {
 	1, {TIDOID}, BROKER_STMT_INDEX, {NULL}
 };
 
+/*
+ * The local transaction that took one of our key locks last: while it is
+ * the current one, this transaction holds key locks (or held them in a
+ * subtransaction that rolled back: then it only errs on the safe side).
+ */
+static LocalTransactionId key_locks_lxid = InvalidLocalTransactionId;
+
+static void
+note_key_locks(void)
+{
+	key_locks_lxid = MyProc->lxid;
+}
+
+/* True when this transaction has taken any group or dedup key lock. */
+static bool
+holds_key_locks(void)
+{
+	return key_locks_lxid != InvalidLocalTransactionId &&
+		key_locks_lxid == MyProc->lxid;
+}
+
 /* Take (or try) a lock of one of our classes on (queue, stripe of key). */
 static bool
 key_lock(uint16 class, int32 queue_id, text *key, bool wait)
@@ -107,7 +130,10 @@ key_lock(uint16 class, int32 queue_id, text *key, bool wait)
 
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) queue_id,
 						 h % BROKER_KEY_STRIPES, class);
-	return LockAcquire(&tag, ExclusiveLock, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
+	if (LockAcquire(&tag, ExclusiveLock, false, !wait) == LOCKACQUIRE_NOT_AVAIL)
+		return false;
+	note_key_locks();
+	return true;
 }
 
 static int
@@ -147,6 +173,7 @@ lock_many(uint16 class, int32 queue_id, text **keys, int n)
 		CHECK_FOR_INTERRUPTS();
 		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) queue_id, stripes[i], class);
 		(void) LockAcquire(&tag, ExclusiveLock, false, false);
+		note_key_locks();
 	}
 	pfree(stripes);
 }
@@ -325,12 +352,109 @@ promote(int32 queue_id, text *key, int64 *expired)
 }
 
 /*
- * A head left the queue: lock its group (waiting for a producer of the
- * group that is adding to it) and promote the next message.
+ * The heads of these groups (keys sorted, no repeats) left the queue in
+ * this transaction: lock each group and promote its next message.
+ *
+ * A remover waits for a group's lock only while its transaction holds no
+ * key lock: consumers that remove heads of several groups in one
+ * transaction, in separate calls and in any order, would otherwise wait
+ * for each other in a circle (keys share lock stripes, so this is not
+ * rare).  A group whose lock it cannot have at once is not handed on now:
+ * the queue is flagged, and at commit the reaper's next pass (or the
+ * group's next producer, which promotes a waiting message when it finds
+ * no head) hands it on.  So a remover never waits while holding a key
+ * lock, and never takes part in a deadlock.
  */
 void
-BrokerGroupHeadLeft(int32 queue_id, text *key)
+BrokerGroupsHandOn(int32 queue_id, text **keys, int n)
 {
-	BrokerGroupLock(queue_id, key, true);
-	(void) BrokerGroupPromote(queue_id, key, NULL);
+	for (int i = 0; i < n; i++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (BrokerGroupLock(queue_id, keys[i], !holds_key_locks()))
+			(void) BrokerGroupPromote(queue_id, keys[i], NULL);
+		else
+			BrokerNoteOrphans(queue_id);
+	}
+}
+
+/* The keys of a queue's waiting messages, some of them ($1 negated). */
+static BrokerStmt group_waiting_keys = {
+	"SELECT DISTINCT m.group_key FROM " SEG " m WHERE m.queue_id " OP("=") " $1"
+	" LIMIT 1000",
+	1, {INT4OID}, BROKER_STMT_INDEX, {NULL}
+};
+
+/*
+ * The reaper's repair of groups whose head left without a hand-on (see
+ * BrokerGroupsHandOn), in the queues flagged for it: every group with
+ * waiting messages and no head gets its next message promoted.  Never
+ * waits for a lock: a queue with a group it could not lock, or with more
+ * groups than one look returns, stays flagged for the next pass.  Only
+ * the queue only_queue, if it is not 0.
+ * Returns how many groups were handed on.
+ */
+int64
+BrokerGroupsRepair(int32 only_queue)
+{
+	int32		queues[64];
+	int			nq = BrokerTakeOrphanQueues(only_queue, queues, lengthof(queues));
+	int64		promoted = 0;
+
+	for (int qi = 0; qi < nq; qi++)
+	{
+		int32		q = queues[qi];
+		Datum		values[1];
+		text	  **keys = NULL;
+		int			n = 0,
+					cap = 0;
+		bool		again = false;
+
+		values[0] = Int32GetDatum(-q);
+		hold_segments(true);
+		for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
+		{
+			int			rc = BrokerStmtExecuteLatest(&group_waiting_keys, seg, values, NULL, 0);
+
+			BrokerStmtCheck(rc, SPI_OK_SELECT, "looking for orphaned groups");
+			if (SPI_processed >= 1000)
+				again = true;
+			for (uint64 r = 0; r < SPI_processed; r++)
+			{
+				bool		isnull;
+				Datum		k = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
+											  1, &isnull);
+
+				if (isnull)
+					continue;
+				if (n == cap)
+				{
+					cap = cap == 0 ? 64 : cap * 2;
+					keys = keys == NULL ? palloc(sizeof(text *) * cap) :
+						repalloc(keys, sizeof(text *) * cap);
+				}
+				keys[n++] = DatumGetTextPCopy(k);
+			}
+		}
+		hold_segments(false);
+		if (n > 1)
+			qsort(keys, n, sizeof(text *), BrokerCompareKeyPtrs);
+		for (int i = 0; i < n; i++)
+		{
+			CHECK_FOR_INTERRUPTS();
+			if (i > 0 && BrokerCompareKeys(keys[i - 1], keys[i]) == 0)
+				continue;
+			if (!BrokerGroupLock(q, keys[i], false))
+			{
+				again = true;	/* a producer or consumer has it: later */
+				continue;
+			}
+			if (!BrokerGroupHasHead(q, keys[i]) &&
+				BrokerGroupPromote(q, keys[i], NULL))
+				promoted++;
+		}
+		if (again)
+			BrokerNoteOrphans(q);
+	}
+	return promoted;
 }

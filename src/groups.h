@@ -15,7 +15,8 @@
 extern bool BrokerGroupLock(int32 queue_id, text *key, bool wait);
 extern bool BrokerGroupHasHead(int32 queue_id, text *key);
 extern bool BrokerGroupPromote(int32 queue_id, text *key, int64 *expired);
-extern void BrokerGroupHeadLeft(int32 queue_id, text *key);
+extern void BrokerGroupsHandOn(int32 queue_id, text **keys, int n);
+extern int64 BrokerGroupsRepair(int32 only_queue);
 extern void BrokerGroupLockMany(int32 queue_id, text **keys, int n);
 extern void BrokerDedupLockMany(int32 queue_id, text **keys, int n);
 

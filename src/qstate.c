@@ -57,6 +57,7 @@ typedef struct BrokerPending
 	int64		counts[BROKER_NUM_COUNTERS];
 	TimestampTz min_due;		/* earliest future vt written, or BROKER_NO_DUE */
 	int64		mark_below[BROKER_PRIORITIES];	/* lower lwm[p] to this, or 0 */
+	bool		orphans;		/* a group's head left without a hand-on */
 } BrokerPending;
 
 static LWLock *queues_lock = NULL;
@@ -162,6 +163,8 @@ BrokerQueueStateGet(int32 queue_id, bool create)
 		pg_atomic_init_u32(&state->waiters, 0);
 		pg_atomic_init_u64(&state->wakeups, 0);
 		pg_atomic_init_u64(&state->empty_wakeups, 0);
+		/* after a start (or a crash) the reaper looks once for orphans */
+		pg_atomic_init_u32(&state->orphans, 1);
 	}
 	LWLockRelease(queues_lock);
 	return state;
@@ -247,6 +250,50 @@ BrokerNoteMarkBelow(int32 queue_id, int priority, int64 id)
 	p = pending_entry(queue_id, true);
 	if (p->mark_below[priority] == 0 || id < p->mark_below[priority])
 		p->mark_below[priority] = id;
+}
+
+/*
+ * A group of the queue lost its head in this transaction and its next
+ * message could not be promoted now (groups.c): at commit, flag the queue
+ * for the reaper to hand the group on.
+ */
+void
+BrokerNoteOrphans(int32 queue_id)
+{
+	if (!BrokerSharedMemoryReady())
+		return;
+	pending_entry(queue_id, true)->orphans = true;
+}
+
+/*
+ * The queues of this database's installation flagged for orphaned groups
+ * (only that one if "only" is not 0; at most max, into queue_ids), their
+ * flags cleared; returns how many.
+ */
+int
+BrokerTakeOrphanQueues(int32 only, int32 *queue_ids, int max)
+{
+	HASH_SEQ_STATUS seq;
+	BrokerQueueState *state;
+	Oid			installation = BrokerGetRels()->extension;
+	int			n = 0;
+
+	if (queue_hash == NULL)
+		return 0;
+	LWLockAcquire(queues_lock, LW_SHARED);
+	hash_seq_init(&seq, queue_hash);
+	while ((state = hash_seq_search(&seq)) != NULL)
+	{
+		if (state->key.dbid != MyDatabaseId || state->key.installation != installation)
+			continue;
+		if (n == max || (only != 0 && state->key.queue_id != only) ||
+			pg_atomic_read_u32(&state->orphans) == 0)
+			continue;
+		if (pg_atomic_exchange_u32(&state->orphans, 0) != 0)
+			queue_ids[n++] = state->key.queue_id;
+	}
+	LWLockRelease(queues_lock);
+	return n;
 }
 
 /* A message of this priority is about to exist: scans must cover it. */
@@ -449,6 +496,8 @@ publish_pending(void)
 			}
 			SpinLockRelease(&state->mutex);
 		}
+		if (p->orphans)
+			pg_atomic_write_u32(&state->orphans, 1);
 		/* One new message wakes one waiter; a big batch wakes them all. */
 		wake_waiters(state, p->counts[BROKER_COUNT_READY]);
 		if (p->min_due != BROKER_NO_DUE)

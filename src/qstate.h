@@ -69,6 +69,8 @@ typedef struct BrokerQueueState
 	pg_atomic_uint32 waiters;	/* backends sleeping on cv now */
 	pg_atomic_uint64 wakeups;	/* times a waiter woke up */
 	pg_atomic_uint64 empty_wakeups; /* ... and found nothing to take */
+	pg_atomic_uint32 orphans;	/* a group may have waiting messages and no
+								 * head: the reaper hands it on (groups.c) */
 } BrokerQueueState;
 
 /* What a transaction did to a queue, made public when it commits. */
@@ -98,6 +100,8 @@ extern void BrokerLowerNextDue(BrokerQueueState *state, TimestampTz due);
 extern void BrokerNoteDroppedQueue(int32 queue_id);
 extern void BrokerLowerMarks(Oid dbid, Oid installation);
 extern void BrokerNoteMarkBelow(int32 queue_id, int priority, int64 id);
+extern void BrokerNoteOrphans(int32 queue_id);
+extern int	BrokerTakeOrphanQueues(int32 only, int32 *queue_ids, int max);
 extern void BrokerNotePriority(BrokerQueueState *state, int priority);
 extern int64 BrokerQueueLowestMark(BrokerQueueState *state);
 extern void BrokerQueueStatesForget(Oid dbid, Oid installation);

@@ -137,7 +137,10 @@ reaper_batch(MemoryContext pass_cxt)
 	return n;
 }
 
-/* One maintenance step of the store (rotate.c) in its own transaction. */
+/*
+ * One maintenance step of the store in its own transaction: ordered groups
+ * left without a head are handed on (groups.c), then segments (rotate.c).
+ */
 static void
 reaper_maintain(MemoryContext pass_cxt)
 {
@@ -146,7 +149,10 @@ reaper_maintain(MemoryContext pass_cxt)
 	BrokerSPIConnect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (lock_installation())
+	{
+		(void) BrokerStoreRepairGroups(0);
 		BrokerStoreMaintain();
+	}
 	BrokerSPIFinish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();

@@ -212,20 +212,22 @@ left_note(LeftHeads *l, int32 row_queue_id, Datum key, bool key_null)
 	l->keys[l->n++] = DatumGetTextPCopy(key);
 }
 
-/* Hand on every group whose head left (their locks in stripe order first). */
+/* Hand on every group whose head left (groups.c: without a deadlock). */
 static void
 left_finish(LeftHeads *l)
 {
+	int			k = 0;
+
 	if (l->n == 0)
 		return;
-	BrokerGroupLockMany(l->queue_id, l->keys, l->n);
 	qsort(l->keys, l->n, sizeof(text *), BrokerCompareKeyPtrs);
 	for (int i = 0; i < l->n; i++)
 	{
 		if (i > 0 && BrokerCompareKeys(l->keys[i - 1], l->keys[i]) == 0)
 			continue;
-		BrokerGroupHeadLeft(l->queue_id, l->keys[i]);
+		l->keys[k++] = l->keys[i];
 	}
+	BrokerGroupsHandOn(l->queue_id, l->keys, k);
 }
 
 /* Build a tid[] of the given rows that are in one part. */

@@ -695,3 +695,14 @@ BrokerStoreCounts(int32 queue_id, TimestampTz now, BrokerQueueCounts **counts)
 	*counts = out;
 	return (int) SPI_processed;
 }
+
+/*
+ * Hand on the ordered groups whose head left without a hand-on (groups.c):
+ * the reaper's, once per pass, and broker.reap's (of one queue, or all:
+ * queue_id 0).  Returns how many groups moved on.
+ */
+int64
+BrokerStoreRepairGroups(int32 queue_id)
+{
+	return BrokerGroupsRepair(queue_id);
+}

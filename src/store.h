@@ -196,6 +196,7 @@ extern bool BrokerStoreMovesSince(uint64 gen);
 extern bool BrokerStoreIsPartition(Oid relid);
 extern void BrokerStoreBulkLoad(void);
 extern void BrokerStoreMaintain(void);
+extern int64 BrokerStoreRepairGroups(int32 only_queue);
 extern void BrokerStoreForget(Oid dbid, Oid installation);
 extern const BrokerXactHandler BrokerSegmentXact;
 
