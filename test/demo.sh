@@ -36,8 +36,11 @@ fi
 # The backlog (messages in the queue: ready, leased or delayed), sampled.
 samples="$tree/backlog"
 as_pg touch "$samples"
-as_pg bash -c "while sleep 0.5; do psql -X -At -h '$PGHOST' -p '$PGPORT' -d postgres \
-    -c \"SELECT total FROM broker.metrics('sim')\" 2>/dev/null; done >> '$samples'" &
+# (a subshell of this script, so that the trap's kill ends it)
+(while sleep 0.5; do
+    as_pg psql -X -At -h "$PGHOST" -p "$PGPORT" -d postgres \
+        -c "SELECT total FROM broker.metrics('sim')" 2>/dev/null
+done >> "$samples") &
 sampler=$!
 backlog_max() { sort -n "$samples" | tail -1; : > "$samples"; }
 
