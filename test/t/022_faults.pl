@@ -423,7 +423,15 @@ sub interrupted
 		$canceller->finish if $cancel;
 		my ($o, $e) = $sess->finish;
 		$state = state_of($e);
-		$sess->safe('ROLLBACK');
+		# The ROLLBACK runs under the SET LOCAL statement_timeout too: on a
+		# loaded machine even it can be cancelled (57014), which leaves the
+		# transaction open; roll back until it is gone.
+		for my $r (1 .. 5)
+		{
+			my (undef, $re) = $sess->query('ROLLBACK');
+			last if $re !~ /ERROR/;
+			die "ROLLBACK failed: $re" if $r == 5;
+		}
 		last if $state ne 'none';
 		note "try $try: the statement finished before it was interrupted";
 	}
