@@ -300,7 +300,7 @@ BrokerForgetGrants(int32 queue_id)
 	int			rc;
 
 	values[0] = Int32GetDatum(queue_id);
-	rc = BrokerStmtExecute(&delete_queue_grants, -1, values, NULL, 0);
+	rc = BrokerStmtExecuteLatest(&delete_queue_grants, -1, values, NULL, 0);
 	BrokerStmtCheck(rc, SPI_OK_DELETE, "removing the queue's grants");
 	if (SPI_processed > 0)
 		CacheInvalidateRelcacheByRelid(BrokerRelid("grant_defs"));

@@ -144,7 +144,7 @@ BrokerStoreForgetKeys(int32 queue_id)
 	values[0] = Int32GetDatum(queue_id);
 	for (int t = 0; t < BROKER_PAIR_TABLES; t++)
 	{
-		int			rc = BrokerStmtExecute(&forget_keys, t, values, NULL, 0);
+		int			rc = BrokerStmtExecuteLatest(&forget_keys, t, values, NULL, 0);
 
 		BrokerStmtCheck(rc, SPI_OK_DELETE, "forgetting dedup keys");
 	}

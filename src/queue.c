@@ -262,7 +262,7 @@ broker_drop_queue(PG_FUNCTION_ARGS)
 	BrokerCheckQueue(&q, BROKER_PRIV_ADMIN);
 
 	values[0] = Int32GetDatum(q.queue_id);
-	rc = BrokerStmtExecute(&dead_letter_users, -1, values, NULL, 1);
+	rc = BrokerStmtExecuteLatest(&dead_letter_users, -1, values, NULL, 1);
 	BrokerStmtCheck(rc, SPI_OK_SELECT, "dead-letter check");
 	users = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (!isnull)
@@ -278,7 +278,7 @@ broker_drop_queue(PG_FUNCTION_ARGS)
 	BrokerStoreForgetRecords(q.queue_id);
 	BrokerTopicsForgetQueue(q.queue_id);
 	BrokerForgetGrants(q.queue_id);
-	rc = BrokerStmtExecute(&delete_queue, -1, values, NULL, 0);
+	rc = BrokerStmtExecuteLatest(&delete_queue, -1, values, NULL, 0);
 	BrokerStmtCheck(rc, SPI_OK_DELETE, "dropping the queue");
 
 	/* Other backends flush their cached definitions when we commit. */

@@ -587,6 +587,13 @@ BrokerStoreExpire(int32 queue_id, TimestampTz now, int limit,
  * producer may be adding a message behind a head this removes: the groups
  * of the removed heads are handed on, which waits for such a producer and
  * promotes its message.
+ *
+ * Read with the latest snapshot, not the transaction's: the caller holds
+ * the queue's lock, so every producer that added to the queue has ended,
+ * and under REPEATABLE READ a snapshot taken before one of them committed
+ * would not see its messages and leave them behind (of a dropped queue:
+ * for ever).  The same holds for the keys, records, subscriptions and
+ * grants a drop forgets.
  */
 uint64
 BrokerStorePurge(int32 queue_id)
@@ -605,12 +612,12 @@ BrokerStorePurge(int32 queue_id)
 	values[0] = Int32GetDatum(queue_id);
 	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
 	{
-		int			rc = BrokerStmtExecute(&purge, seg, values, NULL, 0);
+		int			rc = BrokerStmtExecuteLatest(&purge, seg, values, NULL, 0);
 
 		BrokerStmtCheck(rc, SPI_OK_DELETE, "deleting messages");
 		n += SPI_processed;
 		CHECK_FOR_INTERRUPTS();
-		rc = BrokerStmtExecute(&purge_grouped, seg, values, NULL, 0);
+		rc = BrokerStmtExecuteLatest(&purge_grouped, seg, values, NULL, 0);
 		BrokerStmtCheck(rc, SPI_OK_DELETE_RETURNING, "deleting messages");
 		n += SPI_processed;
 		for (uint64 i = 0; i < SPI_processed; i++)

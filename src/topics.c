@@ -489,7 +489,7 @@ BrokerTopicsForgetQueue(int32 queue_id)
 	int			rc;
 
 	values[0] = Int32GetDatum(queue_id);
-	rc = BrokerStmtExecute(&delete_queue_subs, -1, values, NULL, 0);
+	rc = BrokerStmtExecuteLatest(&delete_queue_subs, -1, values, NULL, 0);
 	BrokerStmtCheck(rc, SPI_OK_DELETE, "removing subscriptions");
 	if (SPI_processed > 0)
 		subscriptions_changed();
