@@ -87,7 +87,7 @@ else
 fi
 
 log "hostile-input generator (45 s)"
-if bash "$here/test/fuzz/run.sh" --seconds 45 --built "$tree" 2>&1 | tee "$out" | tail -25; then
+if bash "$here/test/fuzz/run.sh" --seconds 45 --built "$tree" 2>&1 | tee "$out" | tail -40; then
     echo "hostile-input generator ... ok"; passed=$((passed + 1))
 else
     echo "hostile-input generator ... FAILED"; failed=$((failed + 1))

@@ -1410,7 +1410,9 @@ def post_status(w, call, rows):
     row per id at most, in id order; see job_rows_check."""
     w.check()
     v = call.vals[1].value
-    many = call.fn.args[1][0] == 'ids' and call.mode not in ('untyped', 'prepared')
+    # an expression (ARRAY(...)) has its type whatever the mode: the ids form
+    many = call.fn.args[1][0] == 'ids' and (
+        call.mode not in ('untyped', 'prepared') or call.vals[1].expr is not None)
     if call.vals[1].expr is not None:
         asked = None
     elif isinstance(v, list):

@@ -100,16 +100,21 @@ out=$(mktemp)
     ${extra[@]+"${extra[@]}"} | tee "$out"
 rc=${PIPESTATUS[0]}
 line=$(grep -a '^hostile: [0-9]* calls' "$out" | tail -1)
-rm -f "$out"
 if [ -z "$line" ]; then
+    rm -f "$out"
     echo "hostile.py ended without a summary (exit $rc); server log tail:"
     tail -40 "$CLUSTER_DIR/log" | cut -c1-300
     fail_line
 fi
 if [ "$rc" -ne 0 ]; then
     echo "server log: last lines"
-    tail -20 "$CLUSTER_DIR/log" | cut -c1-300
+    tail -10 "$CLUSTER_DIR/log" | cut -c1-300
+    # The failures again, last: a caller that keeps only the tail of this
+    # output (test/run_all.sh keeps 40 lines) still sees what failed.
+    echo "seed $seed; what failed:"
+    sed -n '/^FAILURES (/,/^hostile: [0-9]* calls/p' "$out" | grep -av '^hostile: ' | cut -c1-600
 fi
+rm -f "$out"
 echo
 echo "$line"
 [ "$rc" -eq 0 ]
