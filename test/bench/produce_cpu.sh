@@ -8,7 +8,8 @@
 # storage is emptied and checkpointed before each measurement; the fastest
 # of the rounds counts, which keeps most of a noisy machine's noise out.
 # Prints microseconds per message and the ratio of the rates (broker /
-# floor; above 1.0 broker is faster).
+# floor; above 1.0 broker is faster); and an enqueue with a (new) dedup
+# key against a plain one (W8's ratio, without the commits).
 # Usage: bash test/bench/produce_cpu.sh [rounds, default 5] [--installed]
 #   --installed: measure the broker installed in the system's PostgreSQL
 #                (as test/bench/run does) instead of building this tree
@@ -28,6 +29,7 @@ as_pg psql -X -q -c "CREATE EXTENSION broker" -c "SELECT broker.create_queue('be
 pay="jsonb_build_object('n', g, 'ts', 1700000000000000, 'pad', 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx')"
 declare -A sql=(
     [broker1]="DO \$\$ BEGIN FOR g IN 1..20000 LOOP PERFORM broker.enqueue('bench', $pay); END LOOP; END \$\$"
+    [dedup1]="DO \$\$ BEGIN FOR g IN 1..20000 LOOP PERFORM broker.enqueue('bench', $pay, dedup_key => 'k' || g || '-' || pg_catalog.random()); END LOOP; END \$\$"
     [floor1]="DO \$\$ BEGIN FOR g IN 1..20000 LOOP INSERT INTO floor_q (payload) VALUES ($pay); END LOOP; END \$\$"
     [broker100]="DO \$\$ BEGIN FOR i IN 1..500 LOOP PERFORM pg_catalog.count(*) FROM broker.enqueue_batch('bench', ARRAY(SELECT $pay FROM generate_series(1, 100) g)); END LOOP; END \$\$"
     [floor100]="DO \$\$ BEGIN FOR i IN 1..500 LOOP INSERT INTO floor_q (payload) SELECT $pay FROM generate_series(1, 100) g; END LOOP; END \$\$"
@@ -39,7 +41,7 @@ ms() {
 }
 declare -A best
 for r in $(seq 1 "$rounds"); do
-    for k in broker1 floor1 broker100 floor100; do
+    for k in broker1 dedup1 floor1 broker100 floor100; do
         t=$(ms "${sql[$k]}")
         echo "round $r: $k $t ms"
         if [ -z "${best[$k]:-}" ] || awk -v a="$t" -v b="${best[$k]}" 'BEGIN {exit !(a < b)}'; then
@@ -48,8 +50,10 @@ for r in $(seq 1 "$rounds"); do
     done
 done
 awk -v b1="${best[broker1]}" -v f1="${best[floor1]}" -v b100="${best[broker100]}" \
-    -v f100="${best[floor100]}" 'BEGIN {
+    -v f100="${best[floor100]}" -v d1="${best[dedup1]}" 'BEGIN {
     printf "1 per call:   broker %.2f us/msg, floor %.2f us/msg, broker/floor rate %.2f\n",
            b1 * 1000 / 20000, f1 * 1000 / 20000, f1 / b1
+    printf "dedup key:    broker %.2f us/msg, rate / plain enqueue %.2f\n",
+           d1 * 1000 / 20000, b1 / d1
     printf "100 per call: broker %.2f us/msg, floor %.2f us/msg, broker/floor rate %.2f\n",
            b100 * 1000 / 50000, f100 * 1000 / 50000, f100 / b100 }'
