@@ -109,6 +109,10 @@ fi
 if [ "$rc" -ne 0 ]; then
     echo "server log: last lines"
     tail -10 "$CLUSTER_DIR/log" | cut -c1-300
+    # a crash: what ran before it, from either server's log
+    for l in "$CLUSTER_DIR/log" "$STANDBY_DIR/log"; do
+        [ -f "$l" ] && grep -a -B8 -A2 'terminated by signal' "$l" | cut -c1-300 | tail -24
+    done
     # The failures again, last: a caller that keeps only the tail of this
     # output (test/run_all.sh keeps 40 lines) still sees what failed.
     echo "seed $seed; what failed:"
