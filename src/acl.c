@@ -93,20 +93,24 @@ typedef struct AclEntry
 
 static HTAB *acl_cache = NULL;
 static uint64 acl_generation = 0;
+static bool acl_stale = false;
 static bool callbacks_registered = false;
 
-/* Roles or memberships changed: forget everything. */
+/*
+ * Roles or memberships changed: the cache is emptied the next time it is
+ * used.  Only marked here: invalidations are processed wherever a lock is
+ * taken or a catalog read, also between cache() returning the table and
+ * the caller using it, so freeing it here left callers holding a freed
+ * (or NULL) table (a crash on a hot standby, where replayed role changes
+ * arrive at any moment).
+ */
 static void
 roles_changed(Datum arg, int cacheid, uint32 hashvalue)
 {
 	(void) arg;
 	(void) cacheid;
 	(void) hashvalue;
-	if (acl_cache != NULL)
-	{
-		hash_destroy(acl_cache);
-		acl_cache = NULL;
-	}
+	acl_stale = true;
 }
 
 static HTAB *
@@ -118,21 +122,28 @@ cache(void)
 		CacheRegisterSyscacheCallback(AUTHOID, roles_changed, (Datum) 0);
 		callbacks_registered = true;
 	}
-	if (acl_cache != NULL && acl_generation != BrokerRelsGeneration())
-		roles_changed((Datum) 0, 0, 0);
+	if (acl_cache != NULL && (acl_stale || acl_generation != BrokerRelsGeneration()))
+	{
+		hash_destroy(acl_cache);
+		acl_cache = NULL;
+	}
 	if (acl_cache == NULL)
 	{
 		HASHCTL		ctl;
 
+		/*
+		 * Resolved so that its invalidation moves the generation
+		 * (catalog.c); first, as resolving may process invalidations.
+		 */
+		(void) BrokerRelid("grant_defs");
 		memset(&ctl, 0, sizeof(ctl));
 		ctl.keysize = sizeof(AclKey);
 		ctl.entrysize = sizeof(AclEntry);
 		ctl.hcxt = CacheMemoryContext;
 		acl_cache = hash_create("broker privileges", 64, &ctl,
 								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		/* resolved so that its invalidation moves the generation (catalog.c) */
-		(void) BrokerRelid("grant_defs");
 		acl_generation = BrokerRelsGeneration();
+		acl_stale = false;
 	}
 	return acl_cache;
 }
@@ -213,7 +224,7 @@ privileges(Oid role, int32 queue_id)
 		if (privs & (1u << BROKER_PRIV_ADMIN))
 			privs = (1u << BROKER_NUM_PRIVILEGES) - 1;
 	}
-	/* the query may have emptied the cache (an invalidation): enter anew */
+	/* the query may have made the cache stale (an invalidation): cache() renews it */
 	e = hash_search(cache(), &key, HASH_ENTER, &found);
 	e->privs = privs;
 	return privs;

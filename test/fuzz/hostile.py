@@ -3534,6 +3534,8 @@ def main():
                     help='server log file to scan at the end (may be repeated)')
     ap.add_argument('--standby-dsn', default=None,
                     help='a hot standby of the server: one more session calls it')
+    ap.add_argument('--standby-sessions', type=int, default=1,
+                    help='sessions calling the standby (default 1)')
     ap.add_argument('--check-interval', type=float, default=None,
                     help='seconds between invariant checks (default: seconds/6, 5 to 30)')
     ap.add_argument('--verbose', action='store_true', help='print each failure as it happens')
@@ -3556,7 +3558,8 @@ def main():
     deadline = time.time() + args.seconds
     workers = [Worker(i, st, pause, fns, deadline, args) for i in range(args.sessions)]
     if args.standby_dsn:
-        workers.append(Worker(args.sessions, st, pause, fns, deadline, args, args.standby_dsn))
+        workers += [Worker(args.sessions + i, st, pause, fns, deadline, args, args.standby_dsn)
+                    for i in range(args.standby_sessions)]
     for w in workers:
         w.start()
     checker = Checker(st, args)

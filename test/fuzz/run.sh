@@ -6,7 +6,7 @@
 # Ends with one line "hostile: N calls, M checks, K failures"; exits
 # non-zero on any failure.
 # Usage: bash test/fuzz/run.sh [--seconds N] [--sessions N] [--seed S] [--verbose]
-#                              [--built TREE]
+#                              [--standby-sessions N] [--built TREE]
 #        (default 60 s and 4 sessions; --seconds 1800 is the long run;
 #        --built: use the private installation test/run_all.sh made in TREE
 #        instead of building again)
@@ -24,6 +24,7 @@ while [ $# -gt 0 ]; do
         --built) built=$2; shift 2 ;;
         --seconds) seconds=$2; shift 2 ;;
         --sessions) sessions=$2; shift 2 ;;
+        --standby-sessions) extra+=(--standby-sessions "$2"); shift 2 ;;
         --seed) seed=$2; shift 2 ;;
         --verbose) extra+=(--verbose); shift ;;
         *) echo "usage: $0 [--seconds N] [--sessions N] [--seed S] [--verbose]" >&2; exit 2 ;;
