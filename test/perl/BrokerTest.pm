@@ -25,7 +25,8 @@ use Test::More;
 use Cwd ();
 use Time::HiRes qw(usleep time);
 
-our @EXPORT = qw(broker_node poll sqlstate log_errors queue_total simulator kill9_node);
+our @EXPORT = qw(broker_node poll sqlstate log_errors queue_total simulator kill9_node
+  pgbench_script);
 
 # A cluster named $name with broker preloaded, started.  Options:
 # conf => [lines for postgresql.conf], init => {arguments of init},
@@ -41,6 +42,17 @@ sub broker_node
 	$node->append_conf('postgresql.conf', join("\n", @conf) . "\n");
 	$node->start;
 	return $node;
+}
+
+# Write a pgbench script into a new file of $dir; returns its path.
+my $script_seq = 0;
+
+sub pgbench_script
+{
+	my ($dir, $text) = @_;
+	my $file = "$dir/script" . $script_seq++ . '.sql';
+	PostgreSQL::Test::Utils::append_to_file($file, $text);
+	return $file;
 }
 
 # Run a query until it returns $expect, for at most $secs seconds; true if

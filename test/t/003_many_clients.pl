@@ -20,6 +20,8 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
+use lib 'test/perl';
+use BrokerTest;
 
 my $producers = 8;
 my $consumers = 8;
@@ -51,15 +53,7 @@ CREATE TABLE consumed (q text NOT NULL, id bigint NOT NULL,
                        delivery_count int, ok boolean);
 });
 
-my $seq = 0;
-
-sub script
-{
-	my ($text) = @_;
-	my $file = $node->basedir . '/script' . $seq++ . '.sql';
-	append_to_file($file, $text);
-	return $file;
-}
+sub script { return pgbench_script($node->basedir, $_[0]); }
 
 # Run pgbench in the background; returns a handle for finish_pgbench.
 sub start_pgbench

@@ -345,15 +345,7 @@ SELECT total FROM broker.metrics('bt');
 
 # --- 4. SET LOCAL broker.consumer per transaction, concurrent pgbench ------------
 
-my $seq = 0;
-
-sub script
-{
-	my ($text) = @_;
-	my $file = "$dir/script" . $seq++ . '.sql';
-	append_to_file($file, $text);
-	return $file;
-}
+sub script { return pgbench_script($dir, $_[0]); }
 
 # Run pgbench through the pooler in the background; returns a handle.
 sub start_pgbench

@@ -37,15 +37,7 @@ SELECT broker.grant('churn_q', 'churn_worker', 'consume');
 });
 my $log_offset = -s $node->logfile;
 
-my $seq = 0;
-
-sub script
-{
-	my ($text) = @_;
-	my $file = $node->basedir . '/script' . $seq++ . '.sql';
-	append_to_file($file, $text);
-	return $file;
-}
+sub script { return pgbench_script($node->basedir, $_[0]); }
 
 sub start_pgbench
 {
