@@ -6,15 +6,31 @@
  *                   201 {"enqueued": n, "shards": {...}}: every message is
  *                   in its shard's queue, all in one transaction; 400 with
  *                   {"error": "..."} when the body is not such an array (and
- *                   nothing is enqueued)
+ *                   nothing is enqueued); 503 when the database cannot be
+ *                   reached, saying whether the messages may have been
+ *                   enqueued
  *   GET /workers    the history of the workers and what each processed
  *
  * A timestamp is a number of seconds since 1970 (fractions allowed) or an
  * RFC 3339 string ("2024-05-01T12:00:07.25Z", "...+02:00").  A message goes
  * to shard (whole seconds of its timestamp) mod N: the messages of one
  * second are processed by one pool.
+ *
+ * A lost connection (db.c) is not the client's problem when it can be
+ * helped: the transaction is made again on a new connection, up to
+ * POST_ATTEMPTS times within POST_RETRY_SECONDS (and not after a stop
+ * request).  A connection lost while the COMMIT was on its way leaves its
+ * outcome unknown; so that the same messages can be sent again, every
+ * message goes with a dedup key: the request's id and the message's place
+ * in the request, "<id>#<k>".  The id is the request's Idempotency-Key
+ * header, or else one made here for the request.  The queues remember a
+ * key for their dedup_window (setup.sql): a transaction made again stores
+ * nothing that its predecessor committed, and neither does the same
+ * request sent again by a client with the same Idempotency-Key within that
+ * window (the 503 answer names the key to send).
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <signal.h>
@@ -22,15 +38,23 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <arpa/inet.h>
+#include <sys/random.h>
 #include <microhttpd.h>
 
 #include "processor.h"
 
 #define MAX_BODY (16 * 1024 * 1024)
+#define MAX_KEY 200				/* of an Idempotency-Key: "<key>#<k>" fits 255 */
+#define POST_ATTEMPTS 4			/* transactions of one POST */
+#define POST_RETRY_SECONDS 15	/* at most (or --reconnect-timeout if shorter) */
 
 static const struct config *cfg;
-static PGconn *db;				/* used by the daemon's thread only */
+static PGconn *db;				/* used by the daemon's thread only; NULL
+								 * when lost */
+static int	posts;				/* POST /message requests, for the test fault */
+static int	fault_done;			/* --lose-commit-reply happened */
 
 /* One request: its body, gathered as it arrives. */
 struct request
@@ -51,6 +75,8 @@ reply(struct MHD_Connection *c, unsigned status, json_object *doc)
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 	if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
 		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "POST");
+	if (status == MHD_HTTP_SERVICE_UNAVAILABLE)
+		MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "5");
 	ret = MHD_queue_response(c, status, r);
 	MHD_destroy_response(r);
 	json_object_put(doc);
@@ -119,14 +145,38 @@ shard_of(json_object *msg, const char **why)
 	return (int) (((long long) floor(secs) % cfg->shards + cfg->shards) % cfg->shards);
 }
 
+/*
+ * Make sure there is a connection: when the last one was lost, attempts
+ * with a backoff until the deadline of b.  False when there is none, with
+ * the reason in error.
+ */
 static int
-db_ready(void)
+db_ready(struct backoff *b, char *why, size_t size)
 {
-	if (db == NULL)
-		db = PQconnectdb(cfg->dsn);
-	else if (PQstatus(db) != CONNECTION_OK)
-		PQreset(db);
-	return PQstatus(db) == CONNECTION_OK;
+	if (db != NULL && PQstatus(db) == CONNECTION_OK)
+		return 1;
+	if (db != NULL)
+	{
+		PQfinish(db);
+		db = NULL;
+	}
+	while (backoff_wait(b))
+	{
+		db = db_connect_once(cfg->dsn, "processor", backoff_left(b) + 0.1, 1, why, size);
+		if (db != NULL)
+			return 1;
+	}
+	if (stop_requested)
+		snprintf(why, size, "the processor is stopping");
+	return 0;
+}
+
+/* Drop a connection found lost. */
+static void
+db_drop(void)
+{
+	PQfinish(db);
+	db = NULL;
 }
 
 /* A statement that returns no rows we need; NULL on success, else the
@@ -144,17 +194,135 @@ exec(const char *sql, int nparams, const char *const *params)
 	return res;
 }
 
+/* The request's id: its Idempotency-Key, or a new random one ("" and
+ * false when the header is not a usable key). */
+static int
+request_id(struct MHD_Connection *c, char *id, size_t size)
+{
+	const char *key = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Idempotency-Key");
+	unsigned char random[16];
+	size_t		got = 0;
+
+	if (key != NULL)
+	{
+		size_t		len = strlen(key);
+
+		for (size_t i = 0; i < len; i++)
+			if (key[i] <= ' ' || key[i] > '~')
+				len = 0;
+		if (len == 0 || len > MAX_KEY)
+			return *id = '\0', 0;
+		snprintf(id, size, "%s", key);
+		return 1;
+	}
+	while (got < sizeof random)
+	{
+		ssize_t		n = getrandom(random + got, sizeof random - got, 0);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+		{
+			/* no entropy source: unique enough within this run */
+			snprintf(id, size, "p%d-%ld-%d", (int) getpid(), (long) time(NULL), posts);
+			return 1;
+		}
+		got += n;
+	}
+	strcpy(id, "r-");
+	for (size_t i = 0; i < sizeof random; i++)
+		sprintf(id + 2 + 2 * i, "%02x", random[i]);
+	return 1;
+}
+
+enum attempt
+{
+	ENQUEUED,					/* committed */
+	LOST,						/* the connection was lost; see *commit_sent */
+	FAILED						/* an error: rolled back */
+};
+
+/*
+ * One transaction: every shard's batch with its dedup keys, then COMMIT.
+ * LOST with *commit_sent set: whether it committed is unknown.
+ */
+static enum attempt
+enqueue_all(json_object **shards, json_object **keys, json_object *counts,
+			PGresult **error, int *commit_sent)
+{
+	PGresult   *res;
+
+	*commit_sent = 0;
+	if ((res = exec("BEGIN", 0, NULL)) != NULL)
+		goto failed;
+	for (int s = 0; s < cfg->shards; s++)
+	{
+		char		queue[64];
+		const char *params[3];
+
+		if (json_object_array_length(shards[s]) == 0)
+			continue;
+		queue_name(cfg, s, queue, sizeof queue);
+		params[0] = queue;
+		params[1] = json_object_to_json_string_ext(shards[s], JSON_C_TO_STRING_PLAIN);
+		params[2] = json_object_to_json_string_ext(keys[s], JSON_C_TO_STRING_PLAIN);
+		res = exec("SELECT count(*) FROM broker.enqueue_batch($1, ARRAY("
+				   "  SELECT m FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS t(m, n)"
+				   "   ORDER BY n), dedup_keys => ARRAY("
+				   "  SELECT k FROM jsonb_array_elements_text($3::jsonb) WITH ORDINALITY AS t(k, n)"
+				   "   ORDER BY n))", 3, params);
+		if (res != NULL)
+			goto failed;
+		json_object_object_add(counts, queue,
+							   json_object_new_int(json_object_array_length(shards[s])));
+	}
+	*commit_sent = 1;
+	if ((res = exec("COMMIT", 0, NULL)) != NULL)
+		goto failed;
+	if (cfg->lose_commit_reply == posts && !fault_done)
+	{
+		/* committed, but as if the answer had not come back */
+		fault_done = 1;
+		*error = NULL;
+		return LOST;
+	}
+	return ENQUEUED;
+
+failed:
+	*error = res;
+	if (db_lost(db, res))
+		return LOST;
+	*commit_sent = 0;			/* an error before or in the COMMIT: rolled back */
+	if (PQtransactionStatus(db) != PQTRANS_IDLE)
+		PQclear(PQexec(db, "ROLLBACK"));
+	return FAILED;
+}
+
 static enum MHD_Result
 post_message(struct MHD_Connection *c, struct request *r)
 {
 	json_tokener *tok = json_tokener_new();
-	json_object *doc, *shards[cfg->shards], *counts;
+	json_object *doc, *shards[cfg->shards], *keys[cfg->shards], *counts = NULL;
 	enum json_tokener_error jerr;
 	size_t		n, end;
 	PGresult   *res = NULL;
+	char		id[MAX_KEY + 1], msg[512] = "";
+	struct backoff b;
+	int			attempt, commit_sent, maybe = 0;
+	enum attempt outcome = FAILED;
 
+	posts++;
 	if (r->too_large)
+	{
+		json_tokener_free(tok);
 		return error(c, MHD_HTTP_CONTENT_TOO_LARGE, "the body is larger than %d bytes", MAX_BODY);
+	}
+	if (!request_id(c, id, sizeof id))
+	{
+		json_tokener_free(tok);
+		return error(c, MHD_HTTP_BAD_REQUEST, "the header Idempotency-Key must be 1 to %d "
+					 "visible ASCII characters; nothing was enqueued", MAX_KEY);
+	}
 
 	/* the body is NUL-terminated: passing the NUL ends a number at the end */
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
@@ -178,84 +346,105 @@ post_message(struct MHD_Connection *c, struct request *r)
 					 "the body must be a non-empty JSON array of {\"timestamp\", \"value\"}");
 	}
 
-	/* validate every message and sort it into its shard, before anything is sent */
+	/* validate every message and sort it into its shard, before anything is
+	 * sent; its dedup key is the request's id and its place, from 1 */
 	n = json_object_array_length(doc);
 	for (int s = 0; s < cfg->shards; s++)
+	{
 		shards[s] = json_object_new_array();
+		keys[s] = json_object_new_array();
+	}
 	for (size_t i = 0; i < n; i++)
 	{
-		json_object *msg = json_object_array_get_idx(doc, i);
-		const char *why;
-		int			s = shard_of(msg, &why);
+		json_object *m = json_object_array_get_idx(doc, i);
+		const char *why = "";
+		int			s = shard_of(m, &why);
+		char		key[MAX_KEY + 32];
 
 		if (s < 0)
 		{
 			for (int k = 0; k < cfg->shards; k++)
+			{
 				json_object_put(shards[k]);
+				json_object_put(keys[k]);
+			}
 			json_object_put(doc);
 			return error(c, MHD_HTTP_BAD_REQUEST, "message %zu of %zu: %s; nothing was enqueued",
 						 i + 1, n, why);
 		}
-		json_object_array_add(shards[s], json_object_get(msg));
+		json_object_array_add(shards[s], json_object_get(m));
+		snprintf(key, sizeof key, "%s#%zu", id, i + 1);
+		json_object_array_add(keys[s], json_object_new_string(key));
 	}
 
-	/* one transaction: every shard's batch, or none */
-	counts = json_object_new_object();
-	if (!db_ready())
-		goto db_failed;
-	if ((res = exec("BEGIN", 0, NULL)) != NULL)
-		goto db_failed;
+	/*
+	 * one transaction: every shard's batch, or none; made again on a new
+	 * connection when the connection is lost
+	 */
+	backoff_start(&b, cfg->reconnect_timeout < POST_RETRY_SECONDS ?
+				  cfg->reconnect_timeout : POST_RETRY_SECONDS);
+	for (attempt = 1; attempt <= POST_ATTEMPTS; attempt++)
+	{
+		if (!db_ready(&b, msg, sizeof msg))
+			break;
+		json_object_put(counts);
+		counts = json_object_new_object();
+		outcome = enqueue_all(shards, keys, counts, &res, &commit_sent);
+		if (outcome != LOST)
+			break;
+		maybe |= commit_sent;
+		if (res != NULL)
+			db_error(db, res, msg, sizeof msg);
+		else
+			snprintf(msg, sizeof msg, "test fault: the answer to the COMMIT is lost");
+		PQclear(res);
+		res = NULL;
+		db_drop();
+		fprintf(stderr, "processor: POST /message: connection lost (attempt %d of %d%s): %s\n",
+				attempt, POST_ATTEMPTS, commit_sent ? ", in the COMMIT" : "", msg);
+	}
+
 	for (int s = 0; s < cfg->shards; s++)
 	{
-		char		queue[64];
-		const char *params[2];
-
-		if (json_object_array_length(shards[s]) == 0)
-			continue;
-		queue_name(cfg, s, queue, sizeof queue);
-		params[0] = queue;
-		params[1] = json_object_to_json_string_ext(shards[s], JSON_C_TO_STRING_PLAIN);
-		res = exec("SELECT count(*) FROM broker.enqueue_batch($1, ARRAY("
-				   "  SELECT m FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS t(m, n)"
-				   "   ORDER BY n))", 2, params);
-		if (res != NULL)
-			goto db_failed;
-		json_object_object_add(counts, queue,
-							   json_object_new_int(json_object_array_length(shards[s])));
-	}
-	if ((res = exec("COMMIT", 0, NULL)) != NULL)
-		goto db_failed;
-
-	for (int s = 0; s < cfg->shards; s++)
 		json_object_put(shards[s]);
+		json_object_put(keys[s]);
+	}
 	json_object_put(doc);
+	if (outcome == ENQUEUED)
 	{
 		json_object *ok = json_object_new_object();
 
+		if (attempt > 1)
+			fprintf(stderr, "processor: POST /message: enqueued at attempt %d (request %s)\n",
+					attempt, id);
 		json_object_object_add(ok, "enqueued", json_object_new_int64(n));
 		json_object_object_add(ok, "shards", counts);
 		return reply(c, MHD_HTTP_CREATED, ok);
 	}
-
-db_failed:
+	json_object_put(counts);
 	{
 		/* a message too large for its queue (54000) is the client's fault */
 		const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 		int			client = state && strcmp(state, "54000") == 0;
-		char		msg[400];
+		json_object *fail = json_object_new_object();
+		char		text[1024];
 
-		snprintf(msg, sizeof msg, "%s", res ? PQresultErrorMessage(res) : PQerrorMessage(db));
-		msg[strcspn(msg, "\n")] = '\0';
+		if (res != NULL)
+			db_error(db, res, msg, sizeof msg);
 		PQclear(res);
-		if (PQstatus(db) == CONNECTION_OK && PQtransactionStatus(db) != PQTRANS_IDLE)
-			PQclear(PQexec(db, "ROLLBACK"));
-		for (int s = 0; s < cfg->shards; s++)
-			json_object_put(shards[s]);
-		json_object_put(doc);
-		json_object_put(counts);
-		fprintf(stderr, "processor: POST /message failed: %s\n", msg);
-		return error(c, client ? MHD_HTTP_CONTENT_TOO_LARGE : MHD_HTTP_SERVICE_UNAVAILABLE,
-					 "%s; nothing was enqueued", msg);
+		if (maybe)
+			snprintf(text, sizeof text, "%s; the messages may have been enqueued (the "
+					 "connection was lost during a COMMIT): send the same request again "
+					 "with the header Idempotency-Key: %s to enqueue them at most once", msg, id);
+		else
+			snprintf(text, sizeof text, "%s; nothing was enqueued", msg);
+		fprintf(stderr, "processor: POST /message failed: %s\n", text);
+		json_object_object_add(fail, "error", json_object_new_string(text));
+		json_object_object_add(fail, "enqueued",
+							   json_object_new_string(maybe ? "unknown" : "none"));
+		json_object_object_add(fail, "idempotency_key", json_object_new_string(id));
+		return reply(c, client ? MHD_HTTP_CONTENT_TOO_LARGE : MHD_HTTP_SERVICE_UNAVAILABLE,
+					 fail);
 	}
 }
 
@@ -297,9 +486,24 @@ on_request(void *cls, struct MHD_Connection *c, const char *url, const char *met
 	}
 	if (strcmp(url, "/workers") == 0 && strcmp(method, "GET") == 0)
 	{
-		if (!db_ready())
-			return error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "%s", PQerrorMessage(db));
-		return reply(c, MHD_HTTP_OK, history_json(db));
+		struct backoff b;
+		char		why[512];
+
+		/* a connection found lost by the query: once more on a new one */
+		backoff_start(&b, cfg->reconnect_timeout < POST_RETRY_SECONDS ?
+					  cfg->reconnect_timeout : POST_RETRY_SECONDS);
+		for (int attempt = 1;; attempt++)
+		{
+			json_object *doc;
+
+			if (!db_ready(&b, why, sizeof why))
+				return error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "%s", why);
+			doc = history_json(db);
+			if (PQstatus(db) == CONNECTION_OK || attempt == 2)
+				return reply(c, MHD_HTTP_OK, doc);
+			json_object_put(doc);
+			db_drop();
+		}
 	}
 	return error(c, MHD_HTTP_NOT_FOUND, "no such resource: %s %s", method, url);
 }

@@ -14,6 +14,12 @@
  * how, with how many messages it took (delivered) and acknowledged
  * (deleted), from broker.consumers (each worker names itself with
  * broker.consumer), and the lines of its file.
+ *
+ * The server may restart or fail over under it: the workers and the HTTP
+ * endpoint connect again (worker.c, http.c, db.c); the supervisor's own
+ * connection, which only reads the backlogs for the pools' growth, is
+ * tried again at most once a second, a second at a time, meanwhile the
+ * pools keep their size.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -48,7 +54,7 @@ struct worker
 static struct config cfg = {
 	.dsn = "", .listen = "127.0.0.1", .port = 8080, .out = "out", .prefix = "ingest_",
 	.shards = 4, .min_workers = 3, .max_workers = 4, .grow_at = 100, .batch = 5,
-	.timeout = 30, .shard = -1,
+	.timeout = 30, .reconnect_timeout = 60, .shard = -1,
 };
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;	/* workers[], peak[] */
 static struct worker *workers;
@@ -78,7 +84,7 @@ running(int shard, int extra_only)
 static void
 spawn(int shard, int extra)
 {
-	char		id[32], shard_s[16], batch[16], timeout[16], work_ms[16];
+	char		id[32], shard_s[16], batch[16], timeout[16], work_ms[16], reconnect[16];
 	const char *argv[32];
 	int			a = 0;
 	pid_t		pid;
@@ -88,6 +94,7 @@ spawn(int shard, int extra)
 	snprintf(batch, sizeof batch, "%d", cfg.batch);
 	snprintf(timeout, sizeof timeout, "%d", cfg.timeout);
 	snprintf(work_ms, sizeof work_ms, "%d", cfg.work_ms);
+	snprintf(reconnect, sizeof reconnect, "%d", cfg.reconnect_timeout);
 	argv[a++] = "processor";
 	argv[a++] = "--worker";
 	argv[a++] = id;
@@ -105,6 +112,8 @@ spawn(int shard, int extra)
 	argv[a++] = timeout;
 	argv[a++] = "--work-ms";
 	argv[a++] = work_ms;
+	argv[a++] = "--reconnect-timeout";
+	argv[a++] = reconnect;
 	if (extra)
 		argv[a++] = "--extra";
 	if (cfg.kill_after_write)
@@ -170,19 +179,49 @@ reap(void)
 	}
 }
 
+/*
+ * A lost connection of the supervisor's: a new attempt, of a second at most,
+ * no more than once a second (at the stop, for the history, one of up to
+ * 5 s).  True when *conn is usable.
+ */
+static int
+supervisor_connection(PGconn **conn)
+{
+	static double next_attempt;
+	char		error[512];
+	PGconn	   *c;
+
+	if (PQstatus(*conn) == CONNECTION_OK)
+		return 1;
+	if (!stop_requested && now_s() < next_attempt)
+		return 0;
+	next_attempt = now_s() + 1;
+	c = db_connect_once(cfg.dsn, "processor", stop_requested ? 5 : 1, !stop_requested,
+						error, sizeof error);
+	if (c == NULL)
+	{
+		if (stop_requested)
+			fprintf(stderr, "processor: no connection for the history's counts: %s\n", error);
+		return 0;
+	}
+	PQfinish(*conn);
+	*conn = c;
+	fprintf(stderr, "processor: the supervisor reconnected\n");
+	return 1;
+}
+
 /* Keep every pool at its size: replace dead workers, grow with the backlog. */
 static void
-adjust_pools(PGconn *conn)
+adjust_pools(PGconn **conn)
 {
 	long		ready[cfg.shards];
 	const char *params[] = {cfg.prefix};
-	PGresult   *res;
+	PGresult   *res = NULL;
 
 	memset(ready, 0, sizeof ready);
-	if (PQstatus(conn) != CONNECTION_OK)
-		PQreset(conn);
-	res = PQexecParams(conn, "SELECT queue, ready FROM broker.metrics() WHERE starts_with(queue, $1)",
-					   1, NULL, params, NULL, NULL, 0);
+	if (supervisor_connection(conn))
+		res = PQexecParams(*conn, "SELECT queue, ready FROM broker.metrics()"
+						   " WHERE starts_with(queue, $1)", 1, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(res) == PGRES_TUPLES_OK)
 		for (int r = 0; r < PQntuples(res); r++)
 		{
@@ -304,10 +343,21 @@ find_last_number(void)
 }
 
 static void
-print_history(PGconn *conn)
+print_history(PGconn **conn)
 {
-	json_object *doc = history_json(conn), *list = json_object_object_get(doc, "workers");
+	json_object *doc, *list;
 	char		path[4096];
+
+	/* the counts come from the server: connected again if need be (also
+	 * when the query finds the connection lost) */
+	supervisor_connection(conn);
+	doc = history_json(*conn);
+	if (PQstatus(*conn) != CONNECTION_OK && supervisor_connection(conn))
+	{
+		json_object_put(doc);
+		doc = history_json(*conn);
+	}
+	list = json_object_object_get(doc, "workers");
 
 	printf("%-9s %-10s %7s %-6s %-24s %9s %7s %6s\n", "worker", "queue", "pid", "role",
 		   "how it ended", "delivered", "deleted", "lines");
@@ -345,8 +395,12 @@ usage(int status)
 			"  --batch N            messages per batch (5)\n"
 			"  --timeout SECONDS    processing timeout: the lease of a batch (30)\n"
 			"  --work-ms MS         simulated processing time per batch (0)\n"
+			"  --reconnect-timeout SECONDS  how long a worker tries to connect again\n"
+			"                       after losing its connection before it gives up (60)\n"
 			"  --kill-after-write ID:N  test fault: worker ID kills itself after\n"
-			"                       writing its Nth batch, before deleting it\n");
+			"                       writing its Nth batch, before deleting it\n"
+			"  --lose-commit-reply N  test fault: the answer to the COMMIT of the Nth\n"
+			"                       POST /message is lost (the connection is dropped)\n");
 	exit(status);
 }
 
@@ -363,6 +417,8 @@ parse_options(int argc, char **argv)
 		{"grow-at", required_argument, NULL, 'g'}, {"batch", required_argument, NULL, 'b'},
 		{"timeout", required_argument, NULL, 't'}, {"work-ms", required_argument, NULL, 'w'},
 		{"kill-after-write", required_argument, NULL, 'k'},
+		{"reconnect-timeout", required_argument, NULL, 'r'},
+		{"lose-commit-reply", required_argument, NULL, 'L'},
 		{"worker", required_argument, NULL, 'W'}, {"shard", required_argument, NULL, 'S'},
 		{"extra", no_argument, NULL, 'x'}, {"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0}
@@ -386,6 +442,8 @@ parse_options(int argc, char **argv)
 			case 't': cfg.timeout = atoi(optarg); break;
 			case 'w': cfg.work_ms = atoi(optarg); break;
 			case 'k': cfg.kill_after_write = optarg; break;
+			case 'r': cfg.reconnect_timeout = atoi(optarg); break;
+			case 'L': cfg.lose_commit_reply = atoi(optarg); break;
 			case 'W': cfg.worker_id = optarg; break;
 			case 'S': cfg.shard = atoi(optarg); break;
 			case 'x': cfg.extra = 1; break;
@@ -394,7 +452,8 @@ parse_options(int argc, char **argv)
 		}
 	if (optind < argc || cfg.shards < 1 || cfg.shards > 1000 || cfg.min_workers < 1 ||
 		cfg.max_workers < cfg.min_workers || cfg.batch < 1 || cfg.timeout < 1 ||
-		cfg.work_ms < 0 || (cfg.worker_id && cfg.shard < 0))
+		cfg.work_ms < 0 || cfg.reconnect_timeout < 1 || cfg.lose_commit_reply < 0 ||
+		(cfg.worker_id && cfg.shard < 0))
 		usage(2);
 }
 
@@ -404,6 +463,7 @@ main(int argc, char **argv)
 	sigset_t	signals;
 	struct MHD_Daemon *http;
 	PGconn	   *conn;
+	char		error[512];
 	struct timespec tick = {0, 200 * 1000 * 1000};
 	time_t		deadline;
 
@@ -418,10 +478,10 @@ main(int argc, char **argv)
 		perror(cfg.out);
 		return 1;
 	}
-	conn = PQconnectdb(cfg.dsn);
-	if (PQstatus(conn) != CONNECTION_OK)
+	srand(getpid() ^ (unsigned) time(NULL));	/* the backoff's jitter */
+	if ((conn = db_connect_once(cfg.dsn, "processor", 30, 1, error, sizeof error)) == NULL)
 	{
-		fprintf(stderr, "processor: %s", PQerrorMessage(conn));
+		fprintf(stderr, "processor: %s\n", error);
 		return 1;
 	}
 	peak = calloc(cfg.shards, sizeof *peak);
@@ -436,7 +496,7 @@ main(int argc, char **argv)
 	sigaddset(&signals, SIGCHLD);
 	pthread_sigmask(SIG_BLOCK, &signals, &original_mask);
 
-	adjust_pools(conn);			/* min_workers per shard */
+	adjust_pools(&conn);		/* min_workers per shard */
 	if ((http = http_start(&cfg)) == NULL)
 	{
 		fprintf(stderr, "processor: cannot listen on %s:%d\n", cfg.listen, cfg.port);
@@ -455,7 +515,7 @@ main(int argc, char **argv)
 			stop_requested = 1;
 		reap();
 		if (!stop_requested && sig != SIGCHLD)
-			adjust_pools(conn);
+			adjust_pools(&conn);
 	}
 
 	/* the clean stop: no more requests, then every worker stops */
@@ -486,7 +546,8 @@ main(int argc, char **argv)
 		}
 		sigtimedwait(&signals, NULL, &tick);
 	}
-	print_history(conn);
-	PQfinish(conn);
+	print_history(&conn);
+	if (conn != NULL)
+		PQfinish(conn);
 	return 0;
 }

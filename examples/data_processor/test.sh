@@ -26,6 +26,35 @@ create_role processor &&
     { notok "setup.sql and grants.sql"; finish; }
 ok "setup.sql and grants.sql"
 
+# The restart case of test_processor.py restarts the server (pg_ctl restart
+# -m fast) in the middle of a run.  It can when the server runs on this
+# machine as this user, as the one of test/t/026_examples.pl does: its data
+# directory, its pg_ctl (next to the postgres of postmaster.opts), and the
+# log its postmaster writes to (pg_ctl appends to it).  PROCESSOR_TEST_RESTART=no
+# skips it, against a server of your own that must not be restarted.
+RESTART_PG_CTL= RESTART_PGDATA= RESTART_LOG= RESTART_WHY=
+if [ "${PROCESSOR_TEST_RESTART:-}" = no ]; then
+    RESTART_WHY="PROCESSOR_TEST_RESTART=no"
+else
+    RESTART_PGDATA=$(sql -Atc "SELECT current_setting('data_directory')" 2>/dev/null)
+    if [ -z "$RESTART_PGDATA" ] || [ ! -O "$RESTART_PGDATA" ] || [ ! -r "$RESTART_PGDATA/postmaster.opts" ]; then
+        RESTART_WHY="the server's data directory ($RESTART_PGDATA) is not this user's on this machine"
+    else
+        RESTART_PG_CTL="$(dirname "$(sed -n '1s/ .*//p' "$RESTART_PGDATA/postmaster.opts")")/pg_ctl"
+        [ -x "$RESTART_PG_CTL" ] || RESTART_PG_CTL=$(command -v pg_ctl)
+        [ -n "$RESTART_PG_CTL" ] || RESTART_WHY="no pg_ctl"
+        pid=$(head -1 "$RESTART_PGDATA/postmaster.pid" 2>/dev/null)
+        RESTART_LOG=$(readlink "/proc/$pid/fd/2" 2>/dev/null)
+        case $RESTART_LOG in
+            /*) [ -f "$RESTART_LOG" ] && [ -w "$RESTART_LOG" ] || RESTART_LOG= ;;
+            *) RESTART_LOG= ;;
+        esac
+        [ -n "$RESTART_LOG" ] || RESTART_LOG="$WORK/postgres.log"
+    fi
+fi
+[ -n "$RESTART_WHY" ] && RESTART_PG_CTL=
+export RESTART_PG_CTL RESTART_PGDATA RESTART_LOG RESTART_WHY
+
 python3 "$HERE/test_processor.py" "$WORK/processor" "$WORK" || FAILED=1
 if [ "$FAILED" != 0 ]; then
     for f in "$WORK"/*.log; do echo "# --- $f"; tail -40 "$f" | sed 's/^/# /'; done

@@ -13,7 +13,16 @@ grants.sql, with the processor built): python3 test_processor.py PROCESSOR WORKD
  4. SIGTERM while workers hold batches, in the middle of their work: the
     processor stops and releases the batches (none is finished, nothing stays
     leased); a new run processes them, numbering its workers after the files
-    already there.
+    already there;
+ 5. the server restarts (pg_ctl restart -m fast) in the middle of 40 POSTs
+    and their processing: every POST is answered 201, the workers, the
+    endpoint and the supervisor connect again, no worker exits, and every
+    message is in exactly one file exactly once.  Also the answer to one
+    COMMIT is lost (the test fault --lose-commit-reply): the endpoint makes
+    the transaction again, and its dedup keys store nothing twice; a client
+    that sends a request again with the same Idempotency-Key neither.  Run
+    when test.sh found how to restart the server (RESTART_PG_CTL,
+    RESTART_PGDATA, RESTART_LOG).
 
 The processor connects as the role `processor` (grants.sql).  Only the
 Python standard library is used: HTTP with urllib, SQL through psql.
@@ -26,6 +35,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -73,17 +83,19 @@ class Processor:
             time.sleep(0.05)
         self.url = "http://127.0.0.1:%s" % open(port_file).read().strip()
 
-    def request(self, method, path, body=None):
-        req = urllib.request.Request(self.url + path, data=body, method=method)
+    def request(self, method, path, body=None, headers=None):
+        req = urllib.request.Request(self.url + path, data=body, method=method,
+                                     headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 return r.status, json.load(r)
         except urllib.error.HTTPError as e:
             return e.code, json.load(e)
 
-    def post(self, messages):
+    def post(self, messages, key=None):
         body = messages if isinstance(messages, bytes) else json.dumps(messages).encode()
-        return self.request("POST", "/message", body)
+        return self.request("POST", "/message", body,
+                            {"Idempotency-Key": key} if key is not None else None)
 
     def workers(self):
         return self.request("GET", "/workers")[1]
@@ -305,5 +317,95 @@ with open(os.path.join(OUT, "history.json")) as f:
 check(min(numbers) > max(int(w.split("-w")[1]) for w in workers),
       "its workers are numbered after the files already there (no file is reused)")
 check_exactly_once(list(range(0, 10101)), "after the stop and the new run")
+
+# --- 5. the server restarts in the middle of a run ------------------------------------------
+
+
+def restart_server():
+    """pg_ctl restart -m fast; (exit status, seconds, output)."""
+    t = time.monotonic()
+    r = subprocess.run([os.environ["RESTART_PG_CTL"], "restart", "-D", os.environ["RESTART_PGDATA"],
+                        "-m", "fast", "-w", "-t", "60", "-l", os.environ["RESTART_LOG"]],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    return r.returncode, time.monotonic() - t, (r.stdout + r.stderr).strip()
+
+
+if not os.environ.get("RESTART_PG_CTL"):
+    print("# the restart case is skipped:", os.environ.get("RESTART_WHY") or "no pg_ctl")
+    sys.exit(1 if failed else 0)
+
+t0 = time.monotonic()
+p = Processor("--timeout", "3", "--work-ms", "5", "--lose-commit-reply", "3", log="restart.log")
+FIRST, REQUESTS, EACH = 20001, 40, 100
+answers = {}      # request number: (final status, 503s the client sent again)
+
+
+def poster():
+    """The client: 40 requests of 100, each with its Idempotency-Key, sent again
+    (with the same key) when the answer is 503."""
+    for j in range(REQUESTS):
+        body = [{"timestamp": 1714566000 + (FIRST + j * EACH + i) * 0.37, "value": FIRST + j * EACH + i}
+                for i in range(EACH)]
+        for again in range(10):
+            try:
+                status, reply = p.post(body, key=f"restart-test-{j}")
+            except (OSError, ValueError) as e:
+                status, reply = None, str(e)
+            if status != 503:
+                break
+            time.sleep(0.5)
+        answers[j] = (status, again)
+        time.sleep(0.05)
+
+
+thread = threading.Thread(target=poster)
+thread.start()
+wait_until(lambda: len(answers) >= 12, 60, 0.02)
+posted_before = len(answers)
+code, took, out = restart_server()
+posted_during = len(answers) - posted_before
+check(code == 0, f"pg_ctl restart -m fast after {posted_before} of the {REQUESTS} POSTs "
+                 f"({took:.1f} s; {posted_during} answered meanwhile): exit status {code} {out[-200:]!r}")
+thread.join(120)
+statuses = [answers.get(j, (None, 0))[0] for j in range(REQUESTS)]
+resent = sum(answers.get(j, (None, 0))[1] for j in range(REQUESTS))
+check(statuses == [201] * REQUESTS,
+      f"every POST is answered 201 across the restart (the endpoint connected again; "
+      f"the client sent {resent} again after a 503) {[s for s in statuses if s != 201][:5]}")
+# a client that sends a request again (its answer lost, say): the same key, nothing stored twice
+status, reply = p.post([{"timestamp": 1714566000 + (FIRST + i) * 0.37, "value": FIRST + i}
+                        for i in range(EACH)], key="restart-test-0")
+check(status == 201, f"request 0 sent again with its Idempotency-Key: {status} {reply}")
+status, reply = p.post([{"timestamp": 1, "value": 1}], key="bad key")
+check(status == 400 and "Idempotency-Key" in reply.get("error", ""),
+      f"an Idempotency-Key with a space: 400 {reply.get('error')!r}")
+
+check(wait_until(lambda: depth()[2] == 0, 60),
+      f"the queues empty out after the restart ({time.monotonic() - t0:.1f} s after the start)")
+code, took = p.stop()
+check(code == 0, f"SIGTERM: the processor stops, exit status {code} ({took:.1f} s)")
+log = p.output()
+with open(os.path.join(OUT, "history.json")) as f:
+    history = json.load(f)["workers"]
+base = [w for w in history if not w["extra"]]
+check(len(base) == SHARDS * 3 and all(w["how"] == "stopped" for w in base),
+      "no worker exited because of the restart: the 12 workers of the pools' start all ran "
+      f"until the stop, none was replaced {[(w['worker'], w['how']) for w in history][:14]}")
+check(all(w["how"] in ("stopped", "left, queue empty") for w in history),
+      f"every worker stopped or left cleanly {[(w['worker'], w['how']) for w in history]}")
+reconnected = set(re.findall(r"^(s\d+-w\d+): reconnected after", log, re.M))
+check(all(w["worker"] in reconnected for w in base),
+      f"every one of them lost its connection and connected again "
+      f"({len(reconnected)} workers reconnected; "
+      f"{', '.join(sorted(set(re.findall(r'connection lost: ([^(]{0,60})', log))))[:300]})")
+check("the supervisor reconnected" in log, "the supervisor connected again")
+m = re.search(r"POST /message: connection lost \(attempt 1 of 4[^)]*\): (?!test fault)(.*)", log)
+check(m is not None, f"a POST found its connection lost and made its transaction again: "
+                     f"{m and m.group(1)[:100]!r}")
+check(re.search(r"POST /message: connection lost \(attempt 1 of 4, in the COMMIT\): test fault", log)
+      and re.search(r"POST /message: enqueued at attempt 2 \(request restart-test-2\)", log),
+      "the answer to request 2's COMMIT was lost (test fault): its transaction was made again")
+check_exactly_once(list(range(0, 10101)) + list(range(FIRST, FIRST + REQUESTS * EACH)),
+                   f"after the restart ({time.monotonic() - t0:.1f} s)")
 
 sys.exit(1 if failed else 0)

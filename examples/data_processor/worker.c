@@ -27,6 +27,23 @@
  * SIGTERM or SIGINT: a batch not yet written is released (deliverable again
  * at once, not after the lease); a batch being written is finished and
  * deleted; then the worker leaves.
+ *
+ * A lost connection (the server restarted, crashed or failed over; see
+ * db.c) does not end the worker: it connects again, with a backoff of
+ * 50 ms doubling to 2 s, names itself again (broker.consumer,
+ * application_name) and goes on; it gives up, and exits with status 1,
+ * only when --reconnect-timeout (60 s) passes without a connection, and
+ * leaves at once when a stop is requested meanwhile.  What it held is safe
+ * wherever the connection broke, since the database keeps the leases:
+ *  - in dequeue (or in release, at a stop): whatever it took comes back
+ *    after its lease, to a worker that looks in the files first;
+ *  - while confirming the leases: nothing is written yet.  The lock is let
+ *    go, and once connected again the confirmation is made again, with the
+ *    same receipts: it fails for what was delivered to someone else since;
+ *  - in the deletes, after the write: their outcome is unknown, so they are
+ *    made again with the same receipts (a message that the first attempt
+ *    deleted gives false, as does one delivered again since, which the next
+ *    holder finds in our file and skips).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -67,22 +84,87 @@ on_signal(int sig)
 	stop_requested = 1;
 }
 
-static void
-die(const char *message)
+/*
+ * Connect, or connect again after a loss, and name ourselves.  False when a
+ * stop was requested first; exits when --reconnect-timeout passes.
+ */
+static int
+reconnect(void)
 {
-	fprintf(stderr, "%s: %s", cfg->worker_id, message);
+	static int	connected_before;
+	struct backoff b;
+	char		error[512] = "";
+	const char *params[] = {cfg->worker_id};
+
+	if (conn != NULL)
+		return 1;
+	backoff_start(&b, cfg->reconnect_timeout);
+	while (backoff_wait(&b))
+	{
+		PGresult   *res;
+		int			lost;
+
+		conn = db_connect_once(cfg->dsn, cfg->worker_id, backoff_left(&b) + 0.1, 1,
+							   error, sizeof error);
+		if (conn == NULL)
+			continue;
+		/* our name in broker.consumers (and pg_stat_activity) */
+		res = PQexecParams(conn, "SELECT set_config('broker.consumer', $1, false),"
+						   "       set_config('application_name', $1, false)",
+						   1, NULL, params, NULL, NULL, 0);
+		if (PQresultStatus(res) == PGRES_TUPLES_OK)
+		{
+			PQclear(res);
+			if (connected_before)
+				fprintf(stderr, "%s: reconnected after %.1f s (%d attempt(s))\n",
+						cfg->worker_id, now_s() - b.started, b.attempts);
+			connected_before = 1;
+			return 1;
+		}
+		db_error(conn, res, error, sizeof error);
+		lost = db_lost(conn, res);
+		PQclear(res);
+		PQfinish(conn);
+		conn = NULL;
+		if (!lost)
+		{
+			fprintf(stderr, "%s: %s\n", cfg->worker_id, error);
+			exit(1);
+		}
+	}
+	if (stop_requested)
+		return 0;
+	fprintf(stderr, "%s: no connection for %d s (%d attempt(s)), giving up: %s\n",
+			cfg->worker_id, cfg->reconnect_timeout, b.attempts, error);
 	exit(1);					/* what we hold comes back after its lease */
 }
 
-/* Run a statement that returns rows; exits on an error. */
+/*
+ * Run a statement that returns rows.  NULL when the connection is lost: it
+ * is closed, and reconnect() makes a new one.  Exits on any other error.
+ */
 static PGresult *
 query(const char *sql, int nparams, const char *const *params)
 {
-	PGresult   *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+	PGresult   *res;
+	char		error[512];
 
-	if (PQresultStatus(res) != PGRES_TUPLES_OK)
-		die(PQresultErrorMessage(res));
-	return res;
+	if (conn == NULL)
+		return NULL;
+	res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+	if (PQresultStatus(res) == PGRES_TUPLES_OK)
+		return res;
+	db_error(conn, res, error, sizeof error);
+	if (!db_lost(conn, res))
+	{
+		fprintf(stderr, "%s: %s\n", cfg->worker_id, error);
+		exit(1);				/* what we hold comes back after its lease */
+	}
+	fprintf(stderr, "%s: connection lost: %s\n", cfg->worker_id, error);
+	PQclear(res);
+	PQfinish(conn);
+	conn = NULL;
+	return NULL;
 }
 
 /* "{1,2,3}": the ids (or receipts) of the messages with lost == 0. */
@@ -101,7 +183,7 @@ array_of(struct message *m, int n, int receipts)
 }
 
 /* Call broker.release or broker.delete on every message still held; returns
- * how many it acted on. */
+ * how many it acted on, or -1 when the connection was lost. */
 static int
 for_each_held(const char *fn, struct message *m, int n)
 {
@@ -115,7 +197,7 @@ for_each_held(const char *fn, struct message *m, int n)
 			 "SELECT count(*) FILTER (WHERE broker.%s($1, t.id, t.receipt))"
 			 "  FROM unnest($2::bigint[], $3::bigint[]) AS t(id, receipt)", fn);
 	res = query(sql, 3, params);
-	count = atoi(PQgetvalue(res, 0, 0));
+	count = res ? atoi(PQgetvalue(res, 0, 0)) : -1;
 	PQclear(res);
 	free(ids);
 	free(receipts);
@@ -134,8 +216,9 @@ work(int ms)
 }
 
 /* Confirm the leases: extend them to the full timeout again.  A message
- * delivered to someone else since (stale receipt) is marked lost. */
-static void
+ * delivered to someone else since (stale receipt) is marked lost.  False
+ * when the connection was lost (and nothing is marked). */
+static int
 confirm_leases(struct message *m, int n)
 {
 	char		lease[32];
@@ -147,7 +230,7 @@ confirm_leases(struct message *m, int n)
 	res = query("SELECT t.id FROM unnest($2::bigint[], $3::bigint[]) AS t(id, receipt)"
 				" WHERE broker.extend_lease($1, t.id, t.receipt, $4::interval) IS NULL",
 				4, params);
-	for (int r = 0; r < PQntuples(res); r++)
+	for (int r = 0; res && r < PQntuples(res); r++)
 		for (int i = 0; i < n; i++)
 			if (strcmp(m[i].id, PQgetvalue(res, r, 0)) == 0)
 			{
@@ -159,6 +242,7 @@ confirm_leases(struct message *m, int n)
 	PQclear(res);
 	free(ids);
 	free(receipts);
+	return res != NULL;
 }
 
 /* Mark the redelivered messages that a file of the shard already holds. */
@@ -274,12 +358,12 @@ worker_main(const struct config *config)
 {
 	struct sigaction sa = {.sa_handler = on_signal};	/* no SA_RESTART */
 	char		batch[16], lease[32], lock_path[4096];
-	const char *params[3];
 	const char *fault_id = NULL;
 	int			fault_batch = 0, writes = 0;
 	long		taken = 0, wrote = 0, skipped = 0;
 
 	cfg = config;
+	srand(getpid() ^ (unsigned) time(NULL));	/* the backoff's jitter */
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	prctl(PR_SET_PDEATHSIG, SIGTERM);	/* leave if the supervisor dies */
@@ -306,25 +390,20 @@ worker_main(const struct config *config)
 		}
 	}
 
-	conn = PQconnectdb(cfg->dsn);
-	if (PQstatus(conn) != CONNECTION_OK)
-		die(PQerrorMessage(conn));
-	/* our name in broker.consumers (and pg_stat_activity) */
-	params[0] = cfg->worker_id;
-	PQclear(query("SELECT set_config('broker.consumer', $1, false),"
-				  "       set_config('application_name', $1, false)", 1, params));
-
 	snprintf(batch, sizeof batch, "%d", cfg->batch);
 	snprintf(lease, sizeof lease, "%d seconds", cfg->timeout);
-	while (!stop_requested)
+	while (!stop_requested && reconnect())
 	{
 		const char *p[] = {queue, batch, lease};
 		PGresult   *res = query("SELECT id, receipt, delivery_count > 1, payload"
 								"  FROM broker.dequeue($1, $2::integer, lease => $3::interval,"
 								"                      wait => '1 second')", 3, p);
-		int			n = PQntuples(res);
+		int			n = res ? PQntuples(res) : 0;
 		struct message m[n > 0 ? n : 1];
+		int			confirmed;
 
+		if (res == NULL)
+			continue;			/* lost: what it took comes back after its lease */
 		if (n == 0)
 		{
 			PQclear(res);
@@ -344,23 +423,45 @@ worker_main(const struct config *config)
 		/* the processing (simulated); a stop before the write gives the batch back */
 		if (!work(cfg->work_ms))
 		{
-			fprintf(stderr, "%s: stopping: released %d message(s)\n", cfg->worker_id,
-					for_each_held("release", m, n));
+			int			released = for_each_held("release", m, n);
+
+			if (released >= 0)
+				fprintf(stderr, "%s: stopping: released %d message(s)\n", cfg->worker_id,
+						released);
+			else
+				fprintf(stderr, "%s: stopping: could not release %d message(s), they come "
+						"back after their lease\n", cfg->worker_id, n);
 			PQclear(res);
 			break;
 		}
 
-		/* append under the shard's lock: confirm the leases, skip what a dead
-		 * worker wrote, write, fsync */
-		if (flock(lock_fd, LOCK_EX) != 0)
+		/*
+		 * append under the shard's lock: confirm the leases, skip what a dead
+		 * worker wrote, write, fsync.  A connection lost while confirming:
+		 * the lock is let go (others go on while we reconnect), then the
+		 * confirmation is made again.
+		 */
+		do
 		{
-			perror(lock_path);
-			return 1;
+			while (flock(lock_fd, LOCK_EX) != 0)
+				if (errno != EINTR)		/* a signal: the holder is quick, wait on */
+				{
+					perror(lock_path);
+					return 1;
+				}
+			if ((confirmed = confirm_leases(m, n)))
+			{
+				find_written(m, n);
+				wrote += append(m, n);
+			}
+			flock(lock_fd, LOCK_UN);
+		} while (!confirmed && reconnect());
+		if (!confirmed)
+		{
+			/* a stop while reconnecting: nothing written, back after the lease */
+			PQclear(res);
+			break;
 		}
-		confirm_leases(m, n);
-		find_written(m, n);
-		wrote += append(m, n);
-		flock(lock_fd, LOCK_UN);
 		for (int i = 0; i < n; i++)
 			skipped += m[i].written;
 
@@ -371,13 +472,19 @@ worker_main(const struct config *config)
 			raise(SIGKILL);
 		}
 
-		/* flushed: now the messages may go (a lost one is not ours to delete) */
-		for_each_held("delete", m, n);
+		/*
+		 * flushed: now the messages may go (a lost one is not ours to
+		 * delete).  When the connection is lost the deletes' outcome is
+		 * unknown: made again with the same receipts once reconnected.
+		 */
+		while (for_each_held("delete", m, n) < 0 && reconnect())
+			;
 		PQclear(res);
 	}
 	fprintf(stderr, "%s: %s after taking %ld message(s): %ld written, %ld already "
 			"written by another worker\n", cfg->worker_id,
 			stop_requested ? "stopped" : "idle, leaving", taken, wrote, skipped);
-	PQfinish(conn);
+	if (conn != NULL)
+		PQfinish(conn);
 	return 0;
 }
