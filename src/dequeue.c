@@ -25,6 +25,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/timestamp.h"
@@ -171,6 +172,43 @@ discover_priorities(int32 queue_id, BrokerQueueState *state)
 	SpinLockRelease(&state->mutex);
 }
 
+/*
+ * Take up to max_messages; with a wait (w not NULL), sleep on the queue
+ * until some are taken or the deadline passes.  Returns how many were
+ * delivered.
+ */
+static int
+take_or_wait(const BrokerQueue *q, BrokerQueueState *state, int max_messages,
+			 const Interval *lease, ReturnSetInfo *rsinfo, BrokerWait *w,
+			 TimestampTz deadline)
+{
+	int			delivered = 0;
+
+	for (;;)
+	{
+		int			ndead;
+		TimestampTz now;
+
+		CHECK_FOR_INTERRUPTS();
+		delivered += take_messages(q, state, max_messages - delivered,
+								   lease, rsinfo, &ndead);
+		/* Dead-lettered rows took places in the batch: look again. */
+		if (ndead > 0 && delivered < max_messages)
+			continue;
+		if (delivered > 0 || w == NULL)
+			break;
+		if (w->woken)
+			pg_atomic_fetch_add_u64(&state->empty_wakeups, 1);
+		now = GetCurrentTimestamp();
+		if (now >= deadline)
+			break;
+		if (!BrokerWaitNothingDue(q->queue_id, state, now))
+			continue;
+		BrokerWaitSleep(w, now, deadline);
+	}
+	return delivered;
+}
+
 /* broker.dequeue(queue, max_messages, lease, wait) */
 Datum
 broker_dequeue(PG_FUNCTION_ARGS)
@@ -182,11 +220,8 @@ broker_dequeue(PG_FUNCTION_ARGS)
 	Interval   *wait = PG_ARGISNULL(3) ? NULL : PG_GETARG_INTERVAL_P(3);
 	BrokerQueue q;
 	BrokerQueueState *state;
-	TimestampTz deadline = 0;
 	bool		waiting;
-	bool		woken = false;
-	bool		kept_time = false;
-	int			delivered = 0;
+	int			delivered;
 
 	BrokerRequireArg(fcinfo, 1, "max_messages");
 	max_messages = PG_GETARG_INT32(1);
@@ -221,46 +256,31 @@ broker_dequeue(PG_FUNCTION_ARGS)
 	if (lease == NULL)
 		lease = &q.lease;
 	BrokerCheckLease(lease, &q.max_lease, q.name);
-	if (waiting)
-	{
-		deadline = BrokerTimestampPlus(GetCurrentTimestamp(), wait);
-		BrokerWaitPrepare(state);
-	}
-
-	/*
-	 * The refresh may assign this transaction an xid (nextval logs every
-	 * 32 calls); a waiter must not hold one while it sleeps, so it
-	 * refreshes after its wait.
-	 */
 	if (!waiting)
+	{
 		BrokerMaybeRefreshLwm(q.queue_id, state);
-
-	for (;;)
-	{
-		int			ndead;
-		TimestampTz now;
-
-		CHECK_FOR_INTERRUPTS();
-		delivered += take_messages(&q, state, max_messages - delivered,
-								   lease, rsinfo, &ndead);
-		/* Dead-lettered rows took places in the batch: look again. */
-		if (ndead > 0 && delivered < max_messages)
-			continue;
-		if (delivered > 0 || !waiting)
-			break;
-		if (woken)
-			pg_atomic_fetch_add_u64(&state->empty_wakeups, 1);
-		now = GetCurrentTimestamp();
-		if (now >= deadline)
-			break;
-		if (!BrokerWaitNothingDue(q.queue_id, state, now))
-			continue;
-		kept_time = BrokerWaitSleep(state, now, deadline);
-		woken = true;
+		delivered = take_or_wait(&q, state, max_messages, lease, rsinfo,
+								 NULL, 0);
 	}
-	if (waiting)
+	else
 	{
-		BrokerWaitDone(state, woken, kept_time, delivered == max_messages);
+		BrokerWait	w;
+		TimestampTz deadline;
+
+		/*
+		 * The refresh may assign this transaction an xid (nextval logs every
+		 * 32 calls); a waiter must not hold one while it sleeps, so it
+		 * refreshes after its wait.
+		 */
+		deadline = BrokerTimestampPlus(GetCurrentTimestamp(), wait);
+		BrokerWaitBegin(&w, state);
+		PG_ENSURE_ERROR_CLEANUP(BrokerWaitAbandon, PointerGetDatum(&w));
+		{
+			delivered = take_or_wait(&q, state, max_messages, lease, rsinfo,
+									 &w, deadline);
+		}
+		PG_END_ENSURE_ERROR_CLEANUP(BrokerWaitAbandon, PointerGetDatum(&w));
+		BrokerWaitEnd(&w, delivered == max_messages);
 		BrokerMaybeRefreshLwm(q.queue_id, state);
 	}
 

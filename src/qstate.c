@@ -413,7 +413,11 @@ BrokerQueueStatesForget(Oid dbid, Oid installation)
 static void
 wake_waiters(BrokerQueueState *state, int64 n)
 {
-	if (n <= 0 || pg_atomic_read_u32(&state->waiters) == 0)
+	if (n <= 0)
+		return;
+	/* The commit is published; only now read the count (wait.c). */
+	pg_memory_barrier();
+	if (pg_atomic_read_u32(&state->waiters) == 0)
 		return;
 	if (n >= 16)
 		ConditionVariableBroadcast(&state->cv);

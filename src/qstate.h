@@ -66,7 +66,7 @@ typedef struct BrokerQueueState
 	pg_atomic_uint64 failed_total;
 	ConditionVariable cv;		/* long-poll waiters sleep here */
 	pg_atomic_uint64 next_due;	/* earliest known future vt, or BROKER_NO_DUE */
-	pg_atomic_uint32 waiters;	/* backends sleeping on cv now */
+	pg_atomic_uint32 waiters;	/* backends in a waiting dequeue now */
 	pg_atomic_uint64 wakeups;	/* times a waiter woke up */
 	pg_atomic_uint64 empty_wakeups; /* ... and found nothing to take */
 	pg_atomic_uint32 orphans;	/* a group may have waiting messages and no

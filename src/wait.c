@@ -45,13 +45,6 @@
  */
 #define BROKER_MAX_SLEEP_MS		(3600 * 1000L)
 
-/* Before the first look: a commit from now on is not missed. */
-void
-BrokerWaitPrepare(BrokerQueueState *state)
-{
-	ConditionVariablePrepareToSleep(&state->cv);
-}
-
 /*
  * Nothing was deliverable at "now".  True when nothing is due before the
  * waiter's next look either (it should sleep); false when something is due
@@ -82,43 +75,81 @@ BrokerWaitNothingDue(int32 queue_id, BrokerQueueState *state, TimestampTz now)
 	return due > now;
 }
 
-/* What a sleeping waiter must undo when it stops waiting. */
-typedef struct WaitCleanup
-{
-	BrokerQueueState *state;
-	bool		keeper;
-} WaitCleanup;
-
+/* Stop keeping time for the queue, if this backend does. */
 static void
-wait_cleanup(int code, Datum arg)
+drop_keeper(BrokerWait *w)
 {
-	WaitCleanup *wc = (WaitCleanup *) DatumGetPointer(arg);
-	BrokerQueueState *state = wc->state;
+	BrokerQueueState *state = w->state;
 
-	(void) code;
-	pg_atomic_fetch_sub_u32(&state->waiters, 1);
-	if (wc->keeper)
+	if (!w->keeper)
+		return;
+	SpinLockAcquire(&state->mutex);
+	if (state->timekeeper == MyProc->pgprocno)
 	{
-		SpinLockAcquire(&state->mutex);
-		if (state->timekeeper == MyProc->pgprocno)
-		{
-			state->timekeeper = -1;
-			state->keeper_due = BROKER_NO_DUE;
-		}
-		SpinLockRelease(&state->mutex);
+		state->timekeeper = -1;
+		state->keeper_due = BROKER_NO_DUE;
+	}
+	SpinLockRelease(&state->mutex);
+	w->keeper = false;
+}
+
+/* What a waiter must undo however its wait ends (see BrokerWaitBegin). */
+static void
+wait_uncount(BrokerWait *w)
+{
+	drop_keeper(w);
+	if (w->counted)
+	{
+		pg_atomic_fetch_sub_u32(&w->state->waiters, 1);
+		w->counted = false;
 	}
 }
 
 /*
- * Sleep on the queue until woken or the deadline (see the file header).
- * Returns true if this waiter kept time.
+ * Before the first look: from now on a commit that makes a message
+ * deliverable is not missed.  The backend joins the condition variable's
+ * wait list and is counted as a waiter before it takes the snapshot of its
+ * first look; a producer publishes its commit before it reads the count
+ * (qstate.c).  The fetch-and-add is a full barrier, so either the look sees
+ * the commit or the producer sees the count and signals.  (Counting only
+ * when about to sleep, after the look, lost the wake-ups of commits that
+ * fell between the two.)
+ *
+ * The caller must end the wait with BrokerWaitEnd, and call
+ * BrokerWaitAbandon if an error ends it: a backend that stayed counted
+ * would make every commit signal an empty queue, and one that stayed the
+ * timekeeper would keep the others from being woken when something becomes
+ * due.
  */
-bool
-BrokerWaitSleep(BrokerQueueState *state, TimestampTz now, TimestampTz deadline)
+void
+BrokerWaitBegin(BrokerWait *w, BrokerQueueState *state)
 {
-	volatile bool keeper = false;
+	w->state = state;
+	w->keeper = false;
+	w->woken = false;
+	w->kept_time = false;
+	ConditionVariablePrepareToSleep(&state->cv);
+	pg_atomic_fetch_add_u32(&state->waiters, 1);
+	w->counted = true;
+}
+
+/* PG_ENSURE_ERROR_CLEANUP callback: an error or FATAL ended the wait. */
+void
+BrokerWaitAbandon(int code, Datum arg)
+{
+	(void) code;
+	wait_uncount((BrokerWait *) DatumGetPointer(arg));
+}
+
+/*
+ * Sleep on the queue until woken or the deadline (see the file header).
+ * The waiter may keep time for the queue during this sleep.
+ */
+void
+BrokerWaitSleep(BrokerWait *w, TimestampTz now, TimestampTz deadline)
+{
+	BrokerQueueState *state = w->state;
 	long		timeout_ms;
-	WaitCleanup wc;
 	TimestampTz until = deadline;
 	TimestampTz due = (TimestampTz) pg_atomic_read_u64(&state->next_due);
 
@@ -128,7 +159,7 @@ BrokerWaitSleep(BrokerQueueState *state, TimestampTz now, TimestampTz deadline)
 	{
 		state->timekeeper = MyProc->pgprocno;
 		state->keeper_due = due;
-		keeper = true;
+		w->keeper = true;
 		until = Min(deadline, due);
 	}
 	SpinLockRelease(&state->mutex);
@@ -140,27 +171,13 @@ BrokerWaitSleep(BrokerQueueState *state, TimestampTz now, TimestampTz deadline)
 	}
 	timeout_ms = until > now ?
 		(long) Min(Max((until - now + 999) / 1000, 1), BROKER_MAX_SLEEP_MS) : 0;
-	wc.state = state;
-	wc.keeper = keeper;
-	pg_atomic_fetch_add_u32(&state->waiters, 1);
-
-	/*
-	 * Undo the count and the timekeeping however the sleep ends: normally,
-	 * with an ERROR (statement_timeout, cancel) or with a FATAL that ends the
-	 * backend (pg_terminate_backend, a client gone): a backend that stayed
-	 * counted, or stayed the timekeeper, would keep the queue's other
-	 * waiters from being woken when something becomes due.
-	 */
-	PG_ENSURE_ERROR_CLEANUP(wait_cleanup, PointerGetDatum(&wc));
-	{
-		if (timeout_ms > 0)
-			(void) ConditionVariableTimedSleep(&state->cv, timeout_ms,
-											   PG_WAIT_EXTENSION);
-	}
-	PG_END_ENSURE_ERROR_CLEANUP(wait_cleanup, PointerGetDatum(&wc));
-	wait_cleanup(0, PointerGetDatum(&wc));
+	if (timeout_ms > 0)
+		(void) ConditionVariableTimedSleep(&state->cv, timeout_ms,
+										   PG_WAIT_EXTENSION);
+	w->woken = true;
+	w->kept_time = w->keeper;
+	drop_keeper(w);				/* the next sleep decides again */
 	pg_atomic_fetch_add_u64(&state->wakeups, 1);
-	return keeper;
 }
 
 /*
@@ -170,17 +187,18 @@ BrokerWaitSleep(BrokerQueueState *state, TimestampTz now, TimestampTz deadline)
  * case.  (Messages made deliverable by commits wake waiters themselves.)
  */
 void
-BrokerWaitDone(BrokerQueueState *state, bool woken, bool kept_time,
-			   bool full_batch)
+BrokerWaitEnd(BrokerWait *w, bool full_batch)
 {
+	BrokerQueueState *state = w->state;
 	bool		keeperless;
 
-	if (woken && pg_atomic_read_u32(&state->waiters) > 0)
+	wait_uncount(w);
+	if (w->woken && pg_atomic_read_u32(&state->waiters) > 0)
 	{
 		SpinLockAcquire(&state->mutex);
 		keeperless = state->timekeeper < 0;
 		SpinLockRelease(&state->mutex);
-		if ((kept_time && full_batch) ||
+		if ((w->kept_time && full_batch) ||
 			(keeperless &&
 			 (TimestampTz) pg_atomic_read_u64(&state->next_due) != BROKER_NO_DUE))
 			ConditionVariableSignal(&state->cv);

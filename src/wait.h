@@ -13,12 +13,22 @@
 
 #include "qstate.h"
 
-extern void BrokerWaitPrepare(BrokerQueueState *state);
-extern bool BrokerWaitSleep(BrokerQueueState *state, TimestampTz now,
-							TimestampTz deadline);
+/* One waiting dequeue (on the caller's stack). */
+typedef struct BrokerWait
+{
+	BrokerQueueState *state;
+	bool		counted;		/* counted in state->waiters */
+	bool		keeper;			/* keeping time for the queue now */
+	bool		woken;			/* has slept at least once */
+	bool		kept_time;		/* its last sleep kept time */
+} BrokerWait;
+
+extern void BrokerWaitBegin(BrokerWait *w, BrokerQueueState *state);
+extern void BrokerWaitAbandon(int code, Datum arg);
 extern bool BrokerWaitNothingDue(int32 queue_id, BrokerQueueState *state,
 								 TimestampTz now);
-extern void BrokerWaitDone(BrokerQueueState *state, bool woken, bool kept_time,
-						   bool full_batch);
+extern void BrokerWaitSleep(BrokerWait *w, TimestampTz now,
+							TimestampTz deadline);
+extern void BrokerWaitEnd(BrokerWait *w, bool full_batch);
 
 #endif							/* BROKER_WAIT_H */

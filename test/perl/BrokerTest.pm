@@ -9,6 +9,7 @@
 # log_errors    the ERROR, FATAL and PANIC lines of a server log since a point
 # queue_total   messages of a queue (broker.metrics)
 # simulator     run the libpq load simulator (test/tools/broker_sim)
+# client_tool   run another libpq tool of test/tools (wake_latency)
 # BrokerTest::Session
 #               a psql session held open on a pipe: run SQL in it and wait,
 #               or send SQL and wait later, while other sessions go on
@@ -25,7 +26,7 @@ use Test::More;
 use Cwd ();
 use Time::HiRes qw(usleep time);
 
-our @EXPORT = qw(broker_node poll sqlstate log_errors queue_total simulator kill9_node
+our @EXPORT = qw(broker_node poll sqlstate log_errors queue_total simulator client_tool kill9_node
   pgbench_script);
 
 # A cluster named $name with broker preloaded, started.  Options:
@@ -101,19 +102,26 @@ sub queue_total
 		"SELECT total FROM broker.metrics('$queue')");
 }
 
-# Run the load simulator against a node (built first if needed); returns
-# (exit status, output).
-sub simulator
+# Run one of the libpq tools of test/tools (built first if needed) against a
+# node; returns (exit status, output).
+sub client_tool
 {
-	my ($node, @args) = @_;
+	my ($node, $tool, @args) = @_;
 	my $dir = "$ENV{TESTDIR}/test/tools";
-	system('make', '-s', '-C', $dir) == 0 or return (1, "cannot build the simulator");
+	system('make', '-s', '-C', $dir) == 0 or return (1, "cannot build the tools");
 	my ($out, $err) = ('', '');
 	IPC::Run::run(
-		[ "$dir/broker_sim", '-d',
+		[ "$dir/$tool", '-d',
 		  'host=' . $node->host . ' port=' . $node->port . ' dbname=postgres', @args ],
 		'>', \$out, '2>', \$err);
 	return ($? >> 8, $out . $err);
+}
+
+# Run the load simulator against a node; returns (exit status, output).
+sub simulator
+{
+	my ($node, @args) = @_;
+	return client_tool($node, 'broker_sim', @args);
 }
 
 # kill -9 the postmaster, then at once every other process of the node (no

@@ -1,7 +1,8 @@
 # 005_longpoll.pl: dequeue(..., wait => ...) sleeps until a producer's
 # commit, a delay or a lease running out wakes it; one message wakes about
 # one waiter; a rolled-back enqueue wakes nobody; statement_timeout ends
-# the wait with 57014; a waiter does not hold back the xmin horizon.
+# the wait with 57014; a waiter does not hold back the xmin horizon; a
+# commit between a waiter's look and its sleep still wakes it.
 use strict;
 use warnings;
 
@@ -10,6 +11,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
 use Time::HiRes qw(time usleep);
+use lib 'test/perl';
+use BrokerTest;
 
 my $node = PostgreSQL::Test::Cluster->new('longpoll');
 $node->init;
@@ -139,6 +142,20 @@ $node->safe_psql('postgres', "SELECT pg_cancel_backend(pid) FROM pg_stat_activit
 $w->{h}->finish;
 like(${ $w->{err} }, qr/canceling statement due to user request/, 'pg_cancel_backend ends the wait');
 is($node->safe_psql('postgres', "SELECT waiting FROM broker.waiters('lp')"), '0', 'no waiter left behind');
+
+# --- no wake-up lost between a waiter's look and its sleep -------------------
+# A commit that lands after a waiter looked but before it slept must wake it:
+# the waiter is counted before its first look (wait.c).  One consumer and no
+# pause between messages, so each commit races the consumer's next look.  A
+# lost wake-up costs the whole wait (30 s): counting the waiter only when it
+# went to sleep lost about one in a thousand.
+my ($tool_rc, $out) = client_tool($node, 'wake_latency', '-c', '1', '-i', '0',
+	'-n', '5000', '--wait', '30', '--sync-commit', 'off');
+is($tool_rc, 0, 'wake_latency ran') or diag($out);
+my ($max) = $out =~ /COMMIT sent to dequeue returned \(ms\):.*max ([0-9.]+)/;
+ok(defined $max && $max < 10_000,
+	'no lost wake-up: the slowest of 5,000 messages took ' . ($max // '?') . ' ms')
+  or diag($out);
 
 $node->stop;
 done_testing();
