@@ -129,4 +129,15 @@ SELECT g.k, broker.enqueue('dq_gone', '{}', dedup_key => g.k) = g.id AS same_id
 SELECT total, enqueued_total FROM broker.metrics('dq_gone');
 SELECT broker.drop_queue('dq_gone');
 
+-- a window longer than the time since the earliest timestamp (4714 BC) is
+-- allowed (at most 10000 years) and covers every key, with no 22008
+SELECT broker.create_queue('dq_long', dedup_window => '10000 years');
+SELECT broker.enqueue('dq_long', '{"n": 1}', dedup_key => 'k') = broker.enqueue('dq_long', '{"n": 2}', dedup_key => 'k') AS same_id;
+SELECT count(*) FROM broker.enqueue_batch('dq_long', ARRAY['{}', '{}']::jsonb[], dedup_keys => ARRAY['k', 'k2']);
+SELECT total FROM broker.metrics('dq_long');
+-- mixed signs with components beyond the range of timestamps
+SELECT broker.create_queue('dq_odd', dedup_window => '-71582788 months 2147483647 days');
+SELECT broker.enqueue('dq_odd', '{"n": 1}', dedup_key => 'k') = broker.enqueue('dq_odd', '{"n": 2}', dedup_key => 'k') AS same_id;
+SELECT broker.drop_queue('dq_long'), broker.drop_queue('dq_odd');
+
 SELECT broker.drop_queue(q) FROM unnest(ARRAY['dq', 'dq_short', 'dq_src', 'dq_dead']) q;

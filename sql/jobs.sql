@@ -169,4 +169,11 @@ SELECT regress.wait_until(format($$SELECT NOT EXISTS (SELECT FROM broker.status(
 SELECT has_function_privilege('public', 'broker.status(text, bigint)', 'EXECUTE') AS status_public,
        has_function_privilege('public', 'broker.complete(text, bigint, bigint, jsonb)', 'EXECUTE') AS complete_public;
 
+-- a retention reaching back before the earliest timestamp: no 22008
+SELECT broker.create_queue('jq_long', retention => '10000 years');
+INSERT INTO ids VALUES ('long', broker.enqueue('jq_long', '{"job": "long"}'));
+SELECT broker.delete('jq_long', pg_temp.id('long'));
+SELECT state FROM broker.status('jq_long', pg_temp.id('long'));
+SELECT broker.drop_queue('jq_long');
+
 SELECT broker.drop_queue(q) FROM unnest(ARRAY['jq', 'jq_plain', 'jq_short']) q;

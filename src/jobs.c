@@ -66,9 +66,7 @@ retention_since(const BrokerQueue *q, TimestampTz now, TimestampTz *since)
 {
 	if (!q->has_retention)
 		return false;
-	*since = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
-													 TimestampTzGetDatum(now),
-													 IntervalPGetDatum(&q->retention)));
+	*since = BrokerWindowStart(now, &q->retention);
 	return true;
 }
 

@@ -58,9 +58,7 @@ BrokerCheckMessageSize(const BrokerQueue *q, Jsonb *payload, Jsonb *headers,
 TimestampTz
 BrokerDedupSince(const BrokerQueue *q, TimestampTz now)
 {
-	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
-												   TimestampTzGetDatum(now),
-												   IntervalPGetDatum(&q->dedup_window)));
+	return BrokerWindowStart(now, &q->dedup_window);
 }
 
 /*

@@ -120,6 +120,41 @@ BrokerCheckIntervalMax(const Interval *iv, const char *argname)
 						BROKER_MAX_INTERVAL_YEARS)));
 }
 
+/*
+ * The start of a window of length iv that ends at ts (a dedup window, a
+ * retention): ts - iv, as timestamptz - interval does, except that a window
+ * reaching back before the earliest timestamp (4714 BC; a window of more
+ * than about 6,700 years, which BrokerCheckIntervalMax allows) starts at
+ * -infinity instead of failing every call with 22008: nothing stored is
+ * older than either.  An interval whose components are so large, with mixed
+ * signs, that stepping through them would leave the range of timestamps is
+ * taken at its length as intervals compare (a month as 30 days).
+ */
+TimestampTz
+BrokerWindowStart(TimestampTz ts, const Interval *iv)
+{
+	const double day = (double) USECS_PER_DAY;
+	/* How far back and how far forward the steps can go, at most. */
+	double		back = Max(iv->month, 0) * 31.0 * day + Max(iv->day, 0) * day +
+		(double) Max(iv->time, 0);
+	double		fwd = Max(-(double) iv->month, 0) * 31.0 * day +
+		Max(-(double) iv->day, 0) * day + Max(-(double) iv->time, 0);
+	double		start;
+
+	if ((double) ts - back > (double) MIN_TIMESTAMP + 2 * day &&
+		(double) ts + fwd < (double) END_TIMESTAMP - 2 * day)
+		return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+													   TimestampTzGetDatum(ts),
+													   IntervalPGetDatum((Interval *) iv)));
+	start = (double) ts - ((double) iv->month * 30.0 * day +
+						   (double) iv->day * day + (double) iv->time);
+	if (start <= (double) MIN_TIMESTAMP)
+		return DT_NOBEGIN;
+	if (start >= (double) END_TIMESTAMP)
+		return DT_NOEND;
+	return (TimestampTz) start;
+}
+
 /* ts + iv, as timestamptz + interval does. */
 TimestampTz
 BrokerTimestampPlus(TimestampTz ts, const Interval *iv)

@@ -46,6 +46,7 @@ extern void BrokerCheckLease(const Interval *lease, const Interval *max_lease,
 							 const char *queue);
 extern void BrokerCheckIntervalMax(const Interval *iv, const char *argname);
 extern TimestampTz BrokerTimestampPlus(TimestampTz ts, const Interval *iv);
+extern TimestampTz BrokerWindowStart(TimestampTz ts, const Interval *iv);
 extern void BrokerRequireArg(FunctionCallInfo fcinfo, int argno, const char *argname);
 extern void BrokerRequireWritable(const char *action);
 extern char *BrokerClipForMessage(const char *s, int len);
