@@ -13,7 +13,7 @@
  * wakeups and empty_wakeups before and after): about 1 means no herd.
  *
  *   wake_latency [-d conninfo] [-c consumers] [-n messages] [-i interval_ms]
- *                [--sync-commit on|off] [--wait seconds]
+ *                [--sync-commit on|off] [--wait seconds] [--in-xact]
  *
  * A wake-up that is lost shows as a latency of about the wait: the waiter
  * sleeps until its deadline and finds the message then (TAP 005 checks the
@@ -40,6 +40,7 @@ static int	nmessages = 1000;
 static int	interval_ms = 5;
 static const char *sync_commit = "on";
 static int	wait_s = 10;
+static int	in_xact = 0;
 
 static double *t0s;				/* per message: when COMMIT was sent */
 static double *tcs;				/* per message: when COMMIT returned */
@@ -85,7 +86,13 @@ run(PGconn *c, const char *sql)
 	return r;
 }
 
-/* A consumer: wait, stamp, delete, repeat. */
+/*
+ * A consumer: wait, stamp, delete, repeat.  Each dequeue is its own
+ * transaction (its lease is committed, with synchronous_commit on a WAL
+ * flush, before the message reaches the client), or with --in-xact the
+ * dequeue and the delete share one transaction (BEGIN; dequeue; delete;
+ * COMMIT), so the message arrives before any commit of the consumer.
+ */
 static void *
 consumer(void *arg)
 {
@@ -98,10 +105,15 @@ consumer(void *arg)
 	run(c, "SET application_name = 'wake_latency'");
 	for (;;)
 	{
-		PGresult   *r = PQexecParams(c,
+		PGresult   *r;
+		double		t1;
+
+		if (in_xact)
+			PQclear(run(c, "BEGIN"));
+		r = PQexecParams(c,
 									 "SELECT id, (payload->>'seq')::int FROM broker.dequeue($1, 1, wait => pg_catalog.make_interval(secs => $2::int))",
 									 2, NULL, params, NULL, NULL, 0);
-		double		t1 = now_s();
+		t1 = now_s();
 
 		if (PQresultStatus(r) != PGRES_TUPLES_OK)
 		{
@@ -120,6 +132,8 @@ consumer(void *arg)
 								 dparams, NULL, NULL, 0);
 				PQclear(d);
 				PQclear(r);
+				if (in_xact)
+					PQclear(run(c, "COMMIT"));
 				break;			/* the producer's stop message */
 			}
 
@@ -129,8 +143,12 @@ consumer(void *arg)
 			d = PQexecParams(c, "SELECT broker.delete($1, $2::bigint)", 2, NULL,
 							 dparams, NULL, NULL, 0);
 			PQclear(d);
+			if (in_xact)
+				PQclear(run(c, "COMMIT"));
 			atomic_fetch_add(&received, 1);
 		}
+		else if (in_xact)
+			PQclear(run(c, "COMMIT"));
 		PQclear(r);
 	}
 	PQfinish(c);
@@ -187,6 +205,7 @@ main(int argc, char **argv)
 		{"interval", required_argument, NULL, 'i'},
 		{"sync-commit", required_argument, NULL, 's'},
 		{"wait", required_argument, NULL, 'w'},
+		{"in-xact", no_argument, NULL, 'x'},
 		{NULL, 0, NULL, 0}
 	};
 	int			ch;
@@ -196,7 +215,7 @@ main(int argc, char **argv)
 	long		w0, e0, w1, e1;
 	double	   *sorted;
 
-	while ((ch = getopt_long(argc, argv, "d:c:n:i:s:w:", opts, NULL)) != -1)
+	while ((ch = getopt_long(argc, argv, "d:c:n:i:s:w:x", opts, NULL)) != -1)
 	{
 		switch (ch)
 		{
@@ -206,8 +225,9 @@ main(int argc, char **argv)
 			case 'i': interval_ms = atoi(optarg); break;
 			case 's': sync_commit = optarg; break;
 			case 'w': wait_s = atoi(optarg); break;
+			case 'x': in_xact = 1; break;
 			default:
-				fprintf(stderr, "usage: wake_latency [-d conninfo] [-c consumers] [-n messages] [-i interval_ms] [--sync-commit on|off] [--wait seconds]\n");
+				fprintf(stderr, "usage: wake_latency [-d conninfo] [-c consumers] [-n messages] [-i interval_ms] [--sync-commit on|off] [--wait seconds] [--in-xact]\n");
 				return 2;
 		}
 	}
@@ -278,8 +298,9 @@ main(int argc, char **argv)
 
 	memcpy(sorted, lat, nmessages * sizeof(double));
 	qsort(sorted, nmessages, sizeof(double), cmp_double);
-	printf("wake_latency: %d consumers waiting, %d messages one at a time, synchronous_commit %s\n",
-		   nconsumers, nmessages, sync_commit);
+	printf("wake_latency: %d consumers waiting (%s), %d messages one at a time, synchronous_commit %s\n",
+		   nconsumers, in_xact ? "dequeue and delete in one transaction" : "dequeue autocommit",
+		   nmessages, sync_commit);
 	printf("  latency from COMMIT sent to dequeue returned (ms): p50 %.3f  p95 %.3f  p99 %.3f  max %.3f\n",
 		   sorted[nmessages / 2], sorted[(int) (nmessages * 0.95)],
 		   sorted[(int) (nmessages * 0.99)], sorted[nmessages - 1]);
