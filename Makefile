@@ -7,7 +7,7 @@ OBJS        = src/util.o src/catalog.o src/sql.o src/xact.o src/acl.o \
               src/qstate.o src/stats.o src/queuedef.o \
               src/store.o src/remove.o src/groups.o src/dedup.o src/records.o \
               src/segment.o src/rotate.o \
-              src/inflight.o src/lease.o src/wait.o src/produce.o \
+              src/inflight.o src/lease.o src/ackcommit.o src/wait.o src/produce.o \
               src/queue.o src/enqueue.o src/dequeue.o src/ack.o src/topics.o src/jobs.o \
               src/metrics.o src/expiry.o \
               src/worker.o src/launcher.o src/reaper.o src/health.o src/utility.o \

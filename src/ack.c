@@ -17,6 +17,7 @@
  */
 #include "postgres.h"
 
+#include "ackcommit.h"
 #include "acl.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
@@ -42,7 +43,10 @@ PG_FUNCTION_INFO_V1(broker_extend_lease);
 PG_FUNCTION_INFO_V1(broker_complete);
 PG_FUNCTION_INFO_V1(broker_fail);
 
-/* Look the queue up (no lock: these touch only existing rows). */
+/*
+ * Look the queue up (no lock: these touch only existing rows).  What these
+ * functions write is a consumer's (ackcommit.c): ack_done ends it.
+ */
 static void
 ack_queue(FunctionCallInfo fcinfo, BrokerQueue *q)
 {
@@ -50,9 +54,18 @@ ack_queue(FunctionCallInfo fcinfo, BrokerQueue *q)
 
 	BrokerRequireArg(fcinfo, 1, PG_NARGS() == 2 ? "ids" : "id");
 	BrokerRequireWritable("acknowledge a message");
+	BrokerConsumeBegin();
 	BrokerSPIConnect();
 	BrokerLookupQueue(name, false, q);
 	BrokerCheckQueue(q, BROKER_PRIV_CONSUME);
+}
+
+/* The end of what ack_queue began. */
+static void
+ack_done(void)
+{
+	BrokerSPIFinish();
+	BrokerConsumeEnd();
 }
 
 /*
@@ -115,7 +128,7 @@ broker_delete(PG_FUNCTION_ARGS)
 	ack_queue(fcinfo, &q);
 	deleted = delete_one(&q, PG_GETARG_INT64(1), !PG_ARGISNULL(2),
 						 PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2));
-	BrokerSPIFinish();
+	ack_done();
 	PG_RETURN_BOOL(deleted);
 }
 
@@ -147,7 +160,7 @@ broker_delete_text(PG_FUNCTION_ARGS)
 		receipt = text_to_int64(PG_GETARG_TEXT_PP(2));
 	ack_queue(fcinfo, &q);
 	deleted = delete_one(&q, id, !PG_ARGISNULL(2), receipt);
-	BrokerSPIFinish();
+	ack_done();
 	PG_RETURN_BOOL(deleted);
 }
 
@@ -182,7 +195,7 @@ broker_delete_many(PG_FUNCTION_ARGS)
 		BrokerCount(q.queue_id, BROKER_COUNT_DELETED, (int64) n);
 		BrokerKeepRecords(&q, removed, n, "deleted", NULL, NULL);
 	}
-	BrokerSPIFinish();
+	ack_done();
 	return (Datum) 0;
 }
 
@@ -233,7 +246,7 @@ broker_complete(PG_FUNCTION_ARGS)
 		BrokerCount(q.queue_id, BROKER_COUNT_COMPLETED, 1);
 		BrokerKeepRecords(&q, &removed, 1, "done", result, NULL);
 	}
-	BrokerSPIFinish();
+	ack_done();
 	PG_RETURN_BOOL(done);
 }
 
@@ -271,7 +284,7 @@ broker_fail(PG_FUNCTION_ARGS)
 						  q.dead_letter_id != 0 ? "dead_lettered" : "failed",
 						  error, &new_id);
 	}
-	BrokerSPIFinish();
+	ack_done();
 	PG_RETURN_BOOL(done);
 }
 
@@ -316,7 +329,7 @@ broker_release(PG_FUNCTION_ARGS)
 		BrokerNoteDue(q.queue_id, vt);
 	else if (done)
 		BrokerCount(q.queue_id, BROKER_COUNT_READY, 1);
-	BrokerSPIFinish();
+	ack_done();
 	PG_RETURN_BOOL(done);
 }
 
@@ -345,7 +358,7 @@ broker_extend_lease(PG_FUNCTION_ARGS)
 	/* A shortened lease may run out before anything else a waiter knows. */
 	if (done)
 		BrokerNoteDue(q.queue_id, vt);
-	BrokerSPIFinish();
+	ack_done();
 	if (!done)
 		PG_RETURN_NULL();
 	PG_RETURN_TIMESTAMPTZ(vt);

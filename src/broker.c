@@ -31,6 +31,7 @@
 #include "storage/shmem.h"
 #include "utils/guc.h"
 
+#include "ackcommit.h"
 #include "inflight.h"
 #include "lease.h"
 #include "qstate.h"
@@ -98,6 +99,7 @@ _PG_init(void)
 	BrokerSegmentInit();
 	BrokerReaperInit();
 	BrokerLauncherInit();
+	BrokerAckCommitInit();
 	MarkGUCPrefixReserved("broker");
 
 	/* Bottom layer first: the order in which they act at commit. */
@@ -106,6 +108,7 @@ _PG_init(void)
 	BrokerXactRegister(&BrokerSegmentXact);
 	BrokerXactRegister(&BrokerInflightXact);
 	BrokerXactRegister(&BrokerLeaseXact);
+	BrokerXactRegister(&BrokerAckCommitXact);	/* after the leases are written */
 	BrokerXactRegister(&BrokerUtilityXact);
 
 	if (!process_shared_preload_libraries_in_progress)

@@ -20,6 +20,7 @@
  */
 #include "postgres.h"
 
+#include "ackcommit.h"
 #include "acl.h"
 #include "common/pg_prng.h"
 #include "fmgr.h"
@@ -248,6 +249,7 @@ broker_dequeue(PG_FUNCTION_ARGS)
 	BrokerRequireWritable("dequeue");
 	InitMaterializedSRF(fcinfo, 0);
 
+	BrokerConsumeBegin();		/* its writes are a consumer's (ackcommit.c) */
 	BrokerSPIConnect();
 	BrokerLockQueue(name, AccessShareLock, &q);
 	BrokerCheckQueue(&q, BROKER_PRIV_CONSUME);
@@ -285,5 +287,6 @@ broker_dequeue(PG_FUNCTION_ARGS)
 	}
 
 	BrokerSPIFinish();
+	BrokerConsumeEnd();
 	return (Datum) 0;
 }

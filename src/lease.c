@@ -40,6 +40,7 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
+#include "ackcommit.h"
 #include "catalog.h"
 #include "lease.h"
 #include "qstate.h"
@@ -285,6 +286,7 @@ lease_flush(void)
 						   save_sec | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
 	PushActiveSnapshot(GetTransactionSnapshot());
+	BrokerConsumeBegin();		/* leases are a consumer's writes (ackcommit.c) */
 	BrokerSPIConnect();
 	writes = palloc(sizeof(BrokerLeaseWrite) * nleases);
 	n = 0;
@@ -303,6 +305,7 @@ lease_flush(void)
 	}
 	BrokerStoreWriteLeases(writes, n);
 	BrokerSPIFinish();
+	BrokerConsumeEnd();
 	PopActiveSnapshot();
 	SetUserIdAndSecContext(save_userid, save_sec);
 
