@@ -333,7 +333,7 @@ BrokerMaybeRefreshLwm(int32 queue_id, BrokerQueueState *state)
 			marks[p] = -1;
 			if ((used & (1u << p)) == 0 || floor <= old)
 				continue;
-			marks[p] = BrokerStoreLowestId(queue_id, p, old);
+			marks[p] = BrokerStoreLowestId(queue_id, p, old, (used & ~1u) != 0);
 			if (marks[p] < 0 || marks[p] > floor)
 				marks[p] = floor;
 		}

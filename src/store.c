@@ -113,7 +113,9 @@ static BrokerStmt write_leases = {
  * would be read to its end.  So a probe reads at most this many rows; when
  * none of them is of priority 0, the lowest one of priority 0 is above the
  * last one read, which is as good a bound for the mark (the next refresh
- * goes on from there).
+ * goes on from there).  A queue with no priority above 0 in use reads one
+ * row: the first row is then the answer, and were it of a higher priority
+ * after all, its id + 1 is still a bound.
  */
 #define PROBE0_ROWS 1000
 
@@ -667,12 +669,16 @@ BrokerStoreWriteLeases(const BrokerLeaseWrite *leases, int n)
  * The lowest id of a claimable message of the queue and priority at or
  * above from_id, in every segment (drained ones too, whose hint a row
  * found clears), each probe with its own snapshot; -1 when there is none.
+ * higher_in_use: the queue has messages of priorities above 0 (for
+ * priority 0, how far a probe reads).
  */
 int64
-BrokerStoreLowestId(int32 queue_id, int priority, int64 from_id)
+BrokerStoreLowestId(int32 queue_id, int priority, int64 from_id,
+					bool higher_in_use)
 {
 	int64		lowest = -1;
 	Datum		values[3];
+	int			rows = priority == 0 && higher_in_use ? PROBE0_ROWS : 1;
 
 	values[0] = Int32GetDatum(queue_id);
 	values[1] = Int64GetDatum(from_id);
@@ -680,8 +686,7 @@ BrokerStoreLowestId(int32 queue_id, int priority, int64 from_id)
 	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
 	{
 		int			rc = BrokerStmtExecute(priority == 0 ? &lowest_id0 : &lowest_id_p,
-										   seg, values, NULL,
-										   priority == 0 ? PROBE0_ROWS : 1);
+										   seg, values, NULL, rows);
 		int64		m = -1;
 		bool		isnull;
 
@@ -702,8 +707,8 @@ BrokerStoreLowestId(int32 queue_id, int priority, int64 from_id)
 													SPI_tuptable->tupdesc, 1, &isnull));
 			}
 			/* none of priority 0 among a full read: above the last one */
-			if (m < 0 && SPI_processed == PROBE0_ROWS)
-				m = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[PROBE0_ROWS - 1],
+			if (m < 0 && SPI_processed == (uint64) rows)
+				m = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[rows - 1],
 												SPI_tuptable->tupdesc, 1, &isnull)) + 1;
 		}
 		if (m >= 0 && (lowest < 0 || m < lowest))

@@ -150,7 +150,8 @@ extern void BrokerStoreInsertBatch(const BrokerNewMessage *common,
 								   text **group_keys, int n, bool *claimable);
 extern int	BrokerStoreClaim(const BrokerClaimSpec *spec, BrokerClaimed **rows);
 extern void BrokerStoreWriteLeases(const BrokerLeaseWrite *leases, int n);
-extern int64 BrokerStoreLowestId(int32 queue_id, int priority, int64 from_id);
+extern int64 BrokerStoreLowestId(int32 queue_id, int priority, int64 from_id,
+								 bool higher_in_use);
 extern uint32 BrokerStorePrioritiesInUse(int32 queue_id);
 extern TimestampTz BrokerStoreNextDue(int32 queue_id, int64 from_id,
 									  TimestampTz now);
