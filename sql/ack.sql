@@ -60,4 +60,27 @@ SELECT regress.err(format('SELECT broker.extend_lease(%L, %s, %s, %L)', 'aq', :i
 SELECT regress.err(format('SELECT broker.extend_lease(%L, %s, %s, NULL)', 'aq', :id, :r));
 SELECT broker.delete('aq', :id, :r) AS deleted_with_receipt;
 
+-- delete(ids[]) in the transaction that leased them: held rows are deleted
+-- where the lease says they are, the others by id; nulls and duplicates
+-- match once or not at all; group heads move on; records keep the lease's
+-- delivery count
+SELECT broker.create_queue('ak_mix', lease => '1 hour', retention => '1 day');
+CREATE TEMP TABLE ak_ids AS
+SELECT g AS n, broker.enqueue('ak_mix', jsonb_build_object('n', g),
+                              group_key => CASE WHEN g <= 2 THEN 'g' END) AS id
+  FROM generate_series(1, 6) g;
+BEGIN;
+CREATE TEMP TABLE ak_leased AS SELECT id FROM broker.dequeue('ak_mix', 3);
+SELECT count(*) AS leased FROM ak_leased;
+SELECT n FROM broker.delete('ak_mix', ARRAY(
+         SELECT id FROM ak_leased                      -- held (1, 3, 4)
+         UNION ALL SELECT id FROM ak_ids WHERE n = 5    -- not held
+         UNION ALL SELECT NULL                          -- matches nothing
+         UNION ALL SELECT id FROM ak_ids WHERE n = 1    -- held, twice
+       )) AS d(id) JOIN ak_ids USING (id) ORDER BY n;
+COMMIT;
+SELECT i.n, m.queue_id < 0 AS waiting FROM broker.messages m JOIN ak_ids i USING (id) ORDER BY 1;
+SELECT i.n, s.state, s.delivery_count FROM ak_ids i, broker.status('ak_mix', i.id) s ORDER BY i.n;
+SELECT broker.drop_queue('ak_mix');
+
 SELECT broker.drop_queue('aq');

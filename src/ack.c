@@ -164,6 +164,39 @@ broker_delete_text(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(deleted);
 }
 
+/*
+ * Split the ids of a delete: those of messages this transaction leased (and
+ * has not deleted), with where their rows are, and the others (NULL if
+ * there are none).
+ */
+static void
+held_or_not(int32 queue_id, ArrayType *ids, BrokerRowRef **held, int *nheld,
+			ArrayType **others)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			nelems;
+	int			nothers = 0;
+
+	deconstruct_array(ids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+					  TYPALIGN_DOUBLE, &elems, &nulls, &nelems);
+	*held = palloc(sizeof(BrokerRowRef) * Max(nelems, 1));
+	*nheld = 0;
+	for (int i = 0; i < nelems; i++)
+	{
+		if (nulls[i])
+			continue;			/* matches no message, as = ANY says */
+		if (BrokerLeaseCheck(queue_id, DatumGetInt64(elems[i]), false, 0,
+							 &(*held)[*nheld]) == BROKER_LEASE_HELD)
+			(*nheld)++;
+		else
+			elems[nothers++] = elems[i];
+	}
+	*others = nothers == 0 ? NULL :
+		construct_array(elems, nothers, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+						TYPALIGN_DOUBLE);
+}
+
 /* broker.delete(queue, ids[]): deletes those that exist, returns them. */
 Datum
 broker_delete_many(PG_FUNCTION_ARGS)
@@ -172,11 +205,15 @@ broker_delete_many(PG_FUNCTION_ARGS)
 	BrokerQueue q;
 	int64	   *deleted;
 	BrokerRemoved *removed = NULL;
+	BrokerRowRef *held;
+	int			nheld;
+	ArrayType  *others;
 	int			n;
 
 	ack_queue(fcinfo, &q);
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-	n = BrokerStoreDeleteMany(q.queue_id, PG_GETARG_ARRAYTYPE_P(1), &deleted,
+	held_or_not(q.queue_id, PG_GETARG_ARRAYTYPE_P(1), &held, &nheld, &others);
+	n = BrokerStoreDeleteMany(q.queue_id, others, held, nheld, &deleted,
 							  q.has_retention ? &removed : NULL);
 	for (int i = 0; i < n; i++)
 	{

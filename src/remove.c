@@ -88,6 +88,17 @@ static BrokerStmt delete_many_full = {
 	DELETE_MANY RETURN_FULL, 2, {INT4OID, INT8ARRAYOID}, PERSEG, {NULL}
 };
 
+/* Rows this transaction holds, by where they are (its pending leases). */
+static BrokerStmt delete_held = {
+	"DELETE FROM " SEG " m WHERE m.ctid " OP("=") " ANY ($1)" RETURN_KEY,
+	1, {TIDARRAYOID}, PERSEG, {NULL}
+};
+
+static BrokerStmt delete_held_full = {
+	"DELETE FROM " SEG " m WHERE m.ctid " OP("=") " ANY ($1)" RETURN_FULL,
+	1, {TIDARRAYOID}, PERSEG, {NULL}
+};
+
 static BrokerStmt release_vt = {
 	"UPDATE " SEG " m SET vt = $4, receipt = NULL"
 	" WHERE m.queue_id " OP("=") " $1 AND m.id " OP("=") " $2"
@@ -349,61 +360,104 @@ BrokerStoreDelete(int32 queue_id, int64 id, bool has_receipt, int64 receipt,
 	return false;
 }
 
+/* What BrokerStoreDeleteMany collects of the rows its statements deleted. */
+typedef struct DeletedRows
+{
+	int			n;
+	int			cap;
+	int64	   *ids;
+	BrokerRemoved *removed;		/* NULL: not asked for */
+	LeftHeads	left;
+} DeletedRows;
+
+/* Add the rows the last DELETE ... RETURNING returned. */
+static void
+collect_deleted(DeletedRows *d)
+{
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		bool		key_null;
+		Datum		key;
+
+		if (d->n == d->cap)
+		{
+			d->cap *= 2;
+			d->ids = repalloc(d->ids, sizeof(int64) * d->cap);
+			if (d->removed)
+				d->removed = repalloc(d->removed, sizeof(BrokerRemoved) * d->cap);
+		}
+		d->ids[d->n] = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		if (d->removed)
+			removed_from(tup, desc, &d->removed[d->n]);
+		d->n++;
+		key = SPI_getbinval(tup, desc, 2, &key_null);
+		left_note(&d->left, DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)),
+				  key, key_null);
+	}
+}
+
 /*
- * Delete the messages of a queue with the given ids; returns how many were
- * deleted, their ids in *deleted, and (removed not NULL) what they were in
- * *removed.  Every segment is tried: drained ones are only a hint
- * (segment.c).
+ * Delete messages of a queue: the rows this transaction holds (held: where
+ * its pending leases say they are, nheld of them) and those with the ids in
+ * "ids" (NULL: none; every segment is tried, drained ones are only a hint,
+ * segment.c).  Returns how many were deleted, their ids in *deleted, and
+ * (removed not NULL) what they were in *removed.  Deleting held rows by
+ * where they are spares an index descent per id and segment: the usual
+ * "dequeue n, then delete them" transaction names only held rows.
  */
 int
-BrokerStoreDeleteMany(int32 queue_id, ArrayType *ids, int64 **deleted,
-					  BrokerRemoved **removed)
+BrokerStoreDeleteMany(int32 queue_id, ArrayType *ids, const BrokerRowRef *held,
+					  int nheld, int64 **deleted, BrokerRemoved **removed)
 {
-	int			cap = 16;
-	int64	   *out = palloc(sizeof(int64) * cap);
-	BrokerRemoved *rem = removed ? palloc(sizeof(BrokerRemoved) * cap) : NULL;
-	int			n = 0;
-	Datum		values[2];
-	LeftHeads	left;
+	DeletedRows d;
 
-	left_init(&left, queue_id);
-	values[0] = Int32GetDatum(queue_id);
-	values[1] = PointerGetDatum(ids);
-	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
+	d.n = 0;
+	d.cap = Max(nheld, 16);
+	d.ids = palloc(sizeof(int64) * d.cap);
+	d.removed = removed ? palloc(sizeof(BrokerRemoved) * d.cap) : NULL;
+	left_init(&d.left, queue_id);
+	for (int seg = 0; seg < BROKER_SEGMENTS && nheld > 0; seg++)
 	{
-		int			rc = BrokerStmtExecute(removed ? &delete_many_full : &delete_many,
-										   seg, values, NULL, 0);
+		Datum	   *tids = palloc(sizeof(Datum) * nheld);
+		int			k = 0;
+		Datum		values[1];
+		int			rc;
 
-		BrokerStmtCheck(rc, SPI_OK_DELETE_RETURNING, "delete");
-		for (uint64 i = 0; i < SPI_processed; i++)
+		for (int i = 0; i < nheld; i++)
 		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			bool		key_null;
-			Datum		key;
-
-			if (n == cap)
-			{
-				cap *= 2;
-				out = repalloc(out, sizeof(int64) * cap);
-				if (rem)
-					rem = repalloc(rem, sizeof(BrokerRemoved) * cap);
-			}
-			out[n] = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
-			if (rem)
-				removed_from(tup, desc, &rem[n]);
-			n++;
-			key = SPI_getbinval(tup, desc, 2, &key_null);
-			left_note(&left, DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)),
-					  key, key_null);
+			if (held[i].part == seg)
+				tids[k++] = PointerGetDatum(&held[i].tid);
 		}
+		if (k == 0)
+			continue;
+		values[0] = PointerGetDatum(construct_array(tids, k, TIDOID,
+													sizeof(ItemPointerData),
+													false, TYPALIGN_SHORT));
+		rc = BrokerStmtExecute(removed ? &delete_held_full : &delete_held,
+							   seg, values, NULL, 0);
+		BrokerStmtCheck(rc, SPI_OK_DELETE_RETURNING, "delete");
+		collect_deleted(&d);
 	}
-	left_finish(&left);
-	*deleted = out;
+	for (int seg = 0; seg < BROKER_SEGMENTS && ids != NULL; seg++)
+	{
+		Datum		values[2];
+		int			rc;
+
+		values[0] = Int32GetDatum(queue_id);
+		values[1] = PointerGetDatum(ids);
+		rc = BrokerStmtExecute(removed ? &delete_many_full : &delete_many,
+							   seg, values, NULL, 0);
+		BrokerStmtCheck(rc, SPI_OK_DELETE_RETURNING, "delete");
+		collect_deleted(&d);
+	}
+	left_finish(&d.left);
+	*deleted = d.ids;
 	if (removed)
-		*removed = rem;
-	return n;
+		*removed = d.removed;
+	return d.n;
 }
 
 /*

@@ -165,6 +165,7 @@ extern bool BrokerStoreDelete(int32 queue_id, int64 id, bool has_receipt,
 							  int64 receipt, const BrokerRowRef *where,
 							  BrokerRemoved *removed);
 extern int	BrokerStoreDeleteMany(int32 queue_id, ArrayType *ids,
+								  const BrokerRowRef *held, int nheld,
 								  int64 **deleted, BrokerRemoved **removed);
 extern bool BrokerStoreSetVt(int32 queue_id, int64 id, int64 receipt,
 							 TimestampTz vt, bool release, TimestampTz *vt_out);
