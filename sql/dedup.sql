@@ -135,9 +135,14 @@ SELECT broker.create_queue('dq_long', dedup_window => '10000 years');
 SELECT broker.enqueue('dq_long', '{"n": 1}', dedup_key => 'k') = broker.enqueue('dq_long', '{"n": 2}', dedup_key => 'k') AS same_id;
 SELECT count(*) FROM broker.enqueue_batch('dq_long', ARRAY['{}', '{}']::jsonb[], dedup_keys => ARRAY['k', 'k2']);
 SELECT total FROM broker.metrics('dq_long');
--- mixed signs with components beyond the range of timestamps
-SELECT broker.create_queue('dq_odd', dedup_window => '-71582788 months 2147483647 days');
-SELECT broker.enqueue('dq_odd', '{"n": 1}', dedup_key => 'k') = broker.enqueue('dq_odd', '{"n": 2}', dedup_key => 'k') AS same_id;
-SELECT broker.drop_queue('dq_long'), broker.drop_queue('dq_odd');
+-- parts of opposite signs beyond the range of timestamps (a short length):
+-- refused, like every interval setting and argument (22023)
+SELECT regress.err($$SELECT broker.create_queue('dq_odd', dedup_window => '-71582788 months 2147483647 days')$$);
+SELECT regress.err($$SELECT broker.create_queue('dq_odd', default_ttl => '-71582788 months 2147483647 days')$$);
+SELECT regress.err($$SELECT broker.enqueue('dq_long', '{}', delay => '-71582788 months 2147483647 days')$$);
+SELECT regress.err($$SELECT broker.enqueue('dq_long', '{}', ttl => '-2000 years 731000 days')$$);
+-- a negative part within the bound is fine: 1 day - 1 hour
+SELECT broker.enqueue('dq_long', '{}', ttl => '1 day -1 hour') > 0 AS ok;
+SELECT broker.drop_queue('dq_long');
 
 SELECT broker.drop_queue(q) FROM unnest(ARRAY['dq', 'dq_short', 'dq_src', 'dq_dead']) q;

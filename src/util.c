@@ -110,6 +110,8 @@ void
 BrokerCheckIntervalMax(const Interval *iv, const char *argname)
 {
 	Interval	max = {0, 0, BROKER_MAX_INTERVAL_YEARS * MONTHS_PER_YEAR};
+	const int64 max_days = (int64) BROKER_MAX_INTERVAL_YEARS * 366;
+	const int64 min_days = -(int64) BROKER_MAX_NEGATIVE_YEARS * 366;
 
 	if (DatumGetBool(DirectFunctionCall2(interval_gt,
 										 IntervalPGetDatum((Interval *) iv),
@@ -118,6 +120,24 @@ BrokerCheckIntervalMax(const Interval *iv, const char *argname)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must be at most %d years", argname,
 						BROKER_MAX_INTERVAL_YEARS)));
+
+	/*
+	 * timestamptz + interval adds the months, then the days, then the time,
+	 * and fails if a step leaves the range of timestamps: an interval of
+	 * a short length made of huge parts of opposite signs would pass the
+	 * check above and make every call that adds it to now fail with 22008
+	 * (a queue's default_ttl: every enqueue).  So each part must stay within
+	 * the same bound, and a negative part within a tenth of it.
+	 */
+	if (iv->month > BROKER_MAX_INTERVAL_YEARS * MONTHS_PER_YEAR ||
+		iv->month < -BROKER_MAX_NEGATIVE_YEARS * MONTHS_PER_YEAR ||
+		iv->day > max_days || iv->day < min_days ||
+		iv->time > max_days * USECS_PER_DAY || iv->time < min_days * USECS_PER_DAY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s has a part out of range", argname),
+				 errdetail("Each of its months, days and time must be at most %d years, and a negative one at most %d years.",
+						   BROKER_MAX_INTERVAL_YEARS, BROKER_MAX_NEGATIVE_YEARS)));
 }
 
 /*

@@ -21,6 +21,7 @@
 #define BROKER_MAX_MESSAGE_SIZE_LIMIT	1048576
 #define BROKER_MAX_BATCH		10000
 #define BROKER_MAX_INTERVAL_YEARS	10000	/* leases, delays, ttls, waits */
+#define BROKER_MAX_NEGATIVE_YEARS	1000	/* a negative part of one of them */
 #define BROKER_MAX_KEY			255		/* group and dedup keys, in bytes */
 #define BROKER_MAX_TOPIC		255		/* topics and patterns */
 #define BROKER_PRIORITIES		10		/* priorities 0 .. 9 */
