@@ -241,17 +241,17 @@ left_finish(LeftHeads *l)
 	BrokerGroupsHandOn(l->queue_id, l->keys, k);
 }
 
-/* Build a tid[] of the given rows that are in one part. */
+/* Build a tid[] of the rows (where they are: refs) that are in one part. */
 static ArrayType *
-tids_of_part(const BrokerClaimed *rows, int n, int part, int *count)
+tids_of_part(const BrokerRowRef *refs, int n, int part, int *count)
 {
 	Datum	   *tids = palloc(sizeof(Datum) * Max(n, 1));
 	int			k = 0;
 
 	for (int i = 0; i < n; i++)
 	{
-		if (rows[i].ref.part == part)
-			tids[k++] = PointerGetDatum(&rows[i].ref.tid);
+		if (refs[i].part == part)
+			tids[k++] = PointerGetDatum(&refs[i].tid);
 	}
 	*count = k;
 	return construct_array(tids, k, TIDOID, sizeof(ItemPointerData), false,
@@ -266,7 +266,10 @@ void
 BrokerStoreDeleteClaimed(int32 queue_id, const BrokerClaimed *rows, int n)
 {
 	LeftHeads	left;
+	BrokerRowRef *refs = palloc(sizeof(BrokerRowRef) * Max(n, 1));
 
+	for (int i = 0; i < n; i++)
+		refs[i] = rows[i].ref;
 	left_init(&left, queue_id);
 	for (int seg = 0; seg < BROKER_SEGMENTS; seg++)
 	{
@@ -274,7 +277,7 @@ BrokerStoreDeleteClaimed(int32 queue_id, const BrokerClaimed *rows, int n)
 		Datum		arg[1];
 		int			rc;
 
-		arg[0] = PointerGetDatum(tids_of_part(rows, n, seg, &k));
+		arg[0] = PointerGetDatum(tids_of_part(refs, n, seg, &k));
 		if (k == 0)
 			continue;
 		rc = BrokerStmtExecute(&delete_tids, seg, arg, NULL, 0);
@@ -421,21 +424,13 @@ BrokerStoreDeleteMany(int32 queue_id, ArrayType *ids, const BrokerRowRef *held,
 	left_init(&d.left, queue_id);
 	for (int seg = 0; seg < BROKER_SEGMENTS && nheld > 0; seg++)
 	{
-		Datum	   *tids = palloc(sizeof(Datum) * nheld);
-		int			k = 0;
+		int			k;
 		Datum		values[1];
 		int			rc;
 
-		for (int i = 0; i < nheld; i++)
-		{
-			if (held[i].part == seg)
-				tids[k++] = PointerGetDatum(&held[i].tid);
-		}
+		values[0] = PointerGetDatum(tids_of_part(held, nheld, seg, &k));
 		if (k == 0)
 			continue;
-		values[0] = PointerGetDatum(construct_array(tids, k, TIDOID,
-													sizeof(ItemPointerData),
-													false, TYPALIGN_SHORT));
 		rc = BrokerStmtExecute(removed ? &delete_held_full : &delete_held,
 							   seg, values, NULL, 0);
 		BrokerStmtCheck(rc, SPI_OK_DELETE_RETURNING, "delete");
