@@ -93,16 +93,16 @@ drop_keeper(BrokerWait *w)
 	w->keeper = false;
 }
 
-/* What a waiter must undo however its wait ends (see BrokerWaitBegin). */
+/*
+ * What a waiter must undo however its wait ends, exactly once: by
+ * BrokerWaitEnd, or by BrokerWaitAbandon when an error ends it (see
+ * BrokerWaitBegin).
+ */
 static void
 wait_uncount(BrokerWait *w)
 {
 	drop_keeper(w);
-	if (w->counted)
-	{
-		pg_atomic_fetch_sub_u32(&w->state->waiters, 1);
-		w->counted = false;
-	}
+	pg_atomic_fetch_sub_u32(&w->state->waiters, 1);
 }
 
 /*
@@ -130,7 +130,6 @@ BrokerWaitBegin(BrokerWait *w, BrokerQueueState *state)
 	w->kept_time = false;
 	ConditionVariablePrepareToSleep(&state->cv);
 	pg_atomic_fetch_add_u32(&state->waiters, 1);
-	w->counted = true;
 }
 
 /* PG_ENSURE_ERROR_CLEANUP callback: an error or FATAL ended the wait. */

@@ -17,7 +17,6 @@
 typedef struct BrokerWait
 {
 	BrokerQueueState *state;
-	bool		counted;		/* counted in state->waiters */
 	bool		keeper;			/* keeping time for the queue now */
 	bool		woken;			/* has slept at least once */
 	bool		kept_time;		/* its last sleep kept time */
