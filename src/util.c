@@ -147,8 +147,9 @@ BrokerCheckIntervalMax(const Interval *iv, const char *argname)
  * than about 6,700 years, which BrokerCheckIntervalMax allows) starts at
  * -infinity instead of failing every call with 22008: nothing stored is
  * older than either.  An interval whose components are so large, with mixed
- * signs, that stepping through them would leave the range of timestamps is
- * taken at its length as intervals compare (a month as 30 days).
+ * signs, that stepping through them would leave the range of timestamps
+ * (refused by BrokerCheckIntervalMax now, but a queue created before may
+ * hold one) is taken at its length as intervals compare (a month as 30 days).
  */
 TimestampTz
 BrokerWindowStart(TimestampTz ts, const Interval *iv)

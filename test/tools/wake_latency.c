@@ -45,7 +45,6 @@ static int	in_xact = 0;
 static double *t0s;				/* per message: when COMMIT was sent */
 static double *tcs;				/* per message: when COMMIT returned */
 static double *t1s;				/* per message: when dequeue returned */
-static double *lat;				/* per message: latency in ms */
 static atomic_int received;
 
 /* Seconds since the epoch, microsecond resolution. */
@@ -138,7 +137,6 @@ consumer(void *arg)
 			}
 
 			/* t0s[seq] was written before COMMIT was sent */
-			lat[seq] = (t1 - t0s[seq]) * 1000.0;
 			t1s[seq] = t1;
 			d = PQexecParams(c, "SELECT broker.delete($1, $2::bigint)", 2, NULL,
 							 dparams, NULL, NULL, 0);
@@ -239,7 +237,6 @@ main(int argc, char **argv)
 	t0s = calloc(nmessages, sizeof(double));
 	tcs = calloc(nmessages, sizeof(double));
 	t1s = calloc(nmessages, sizeof(double));
-	lat = calloc(nmessages, sizeof(double));
 	sorted = calloc(nmessages, sizeof(double));
 	threads = calloc(nconsumers, sizeof(pthread_t));
 
@@ -296,14 +293,10 @@ main(int argc, char **argv)
 	for (int i = 0; i < nconsumers; i++)
 		pthread_join(threads[i], NULL);
 
-	memcpy(sorted, lat, nmessages * sizeof(double));
-	qsort(sorted, nmessages, sizeof(double), cmp_double);
 	printf("wake_latency: %d consumers waiting (%s), %d messages one at a time, synchronous_commit %s\n",
 		   nconsumers, in_xact ? "dequeue and delete in one transaction" : "dequeue autocommit",
 		   nmessages, sync_commit);
-	printf("  latency from COMMIT sent to dequeue returned (ms): p50 %.3f  p95 %.3f  p99 %.3f  max %.3f\n",
-		   sorted[nmessages / 2], sorted[(int) (nmessages * 0.95)],
-		   sorted[(int) (nmessages * 0.99)], sorted[nmessages - 1]);
+	report("  latency from COMMIT sent to dequeue returned", t0s, t1s, sorted);
 	report("  of which the producer's COMMIT round trip", t0s, tcs, sorted);
 	report("  from COMMIT returned to dequeue returned (may be < 0)", tcs, t1s, sorted);
 	printf("  waiter wake-ups per message: %.2f (%.2f found nothing)\n",
